@@ -1,0 +1,88 @@
+"""Natural batching: a lone item goes out at once; items that arrive while a send
+is in flight wait for it and go out together in the next send."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+class Batcher(Generic[T]):
+    """Collects items and hands them to ``send`` in batches of at most ``max_size``.
+
+    ``send`` must either deliver the whole batch or raise; on an exception the batch
+    goes back to the front of the buffer, in order, and is retried after ``retry_delay``.
+    ``limit`` bounds the buffer: ``put`` waits while it is full.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[T]], Awaitable[None]],
+        *,
+        max_size: int,
+        limit: int,
+        retry_delay: float = 0.2,
+        name: str = "batcher",
+    ) -> None:
+        self._send = send
+        self._max = max_size
+        self._limit = limit
+        self._retry_delay = retry_delay
+        self._name = name
+        self._buffer: deque[T] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    async def put(self, item: T) -> None:
+        while len(self._buffer) >= self._limit:
+            self._room.clear()
+            await self._room.wait()
+        self.put_nowait(item)
+
+    def put_nowait(self, item: T) -> None:
+        self._buffer.append(item)
+        self._idle.clear()
+        self._ready.set()
+
+    async def drained(self) -> None:
+        """Wait until everything put so far has been sent."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            if not self._buffer:
+                self._ready.clear()
+                self._idle.set()
+                continue
+            batch = [self._buffer.popleft() for _ in range(min(self._max, len(self._buffer)))]
+            try:
+                await self._send(batch)
+            except asyncio.CancelledError:
+                self._buffer.extendleft(reversed(batch))
+                raise
+            except Exception as exc:
+                self._buffer.extendleft(reversed(batch))
+                logger.warning(
+                    "%s: send of %d failed: %s", self._name, len(batch), exc,
+                    extra={"action": "batch_send_failed", "batcher": self._name},
+                )
+                await asyncio.sleep(self._retry_delay)
+                continue
+            if len(self._buffer) < self._limit:
+                self._room.set()
+            if not self._buffer:
+                self._ready.clear()
+                self._idle.set()

@@ -1,0 +1,233 @@
+"""Domain models. Everything that arrives (REST body, row, gRPC message) becomes
+one of these frozen, keyword-only models as soon as it crosses the edge."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+)
+
+from common.errors import InvalidInput
+from common.kinds import KINDS, PAYLOADS
+from common.timeutil import as_utc, rfc3339, utcnow
+
+REGION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+MAX_BATCH = 10_000
+DEFAULT_TIMEOUT_S = 3600.0
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+def _parse_when(value: Any) -> datetime:
+    """ISO 8601 / RFC 3339 text; a naive time is taken as UTC."""
+    if isinstance(value, datetime):
+        return as_utc(value)
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string")
+    try:
+        return as_utc(datetime.fromisoformat(value))
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 date-time: {value!r}") from None
+
+
+When = Annotated[datetime, BeforeValidator(_parse_when)]
+StrictFloat = Annotated[float, Strict(False), BeforeValidator(lambda v: _number(v))]
+
+
+def _number(value: Any) -> float:
+    # bool is an int in Python; JSON true is never a number here.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return float(value)
+
+
+class TaskOptions(BaseModel):
+    """The fields every kind shares."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    run_at: When | None = None
+    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
+    region: str | None = Field(default=None, pattern=REGION_NAME_PATTERN)
+    max_attempts: int = Field(default=1, ge=1, le=100)
+    timeout_s: StrictFloat = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=7 * 86400)
+
+
+OPTION_FIELDS = frozenset(TaskOptions.model_fields)
+
+
+class NewTask(BaseModel):
+    """A validated task, ready to insert."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+    run_at: datetime
+    priority: int
+    region: str | None
+    max_attempts: int
+    timeout_s: float
+
+
+def _error_text(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def parse_new_task(body: Any, *, now: datetime | None = None) -> NewTask:
+    """Validate one task body of ``POST /v1/tasks``; raises InvalidInput."""
+    if not isinstance(body, Mapping):
+        raise InvalidInput("a task must be a JSON object")
+    kind = body.get("kind")
+    if not isinstance(kind, str):
+        raise InvalidInput("kind: required, one of " + ", ".join(KINDS))
+    if kind not in PAYLOADS:
+        raise InvalidInput(f"kind: unknown kind {kind!r}; expected one of " + ", ".join(KINDS))
+    option_part = {k: v for k, v in body.items() if k in OPTION_FIELDS}
+    kind_part = {k: v for k, v in body.items() if k not in OPTION_FIELDS and k != "kind"}
+    try:
+        options = TaskOptions.model_validate(option_part)
+        payload = PAYLOADS[kind].model_validate(kind_part)
+    except ValidationError as exc:
+        raise InvalidInput(_error_text(exc)) from None
+    return NewTask(
+        id=uuid.uuid4(),
+        kind=kind,
+        payload=payload.model_dump(mode="json"),
+        run_at=options.run_at or now or utcnow(),
+        priority=options.priority,
+        region=options.region,
+        max_attempts=options.max_attempts,
+        timeout_s=options.timeout_s,
+    )
+
+
+def parse_batch(body: Any) -> list[NewTask]:
+    if not isinstance(body, Mapping) or not isinstance(body.get("tasks"), list):
+        raise InvalidInput('a batch must be a JSON object {"tasks": [...]}')
+    items = body["tasks"]
+    if not items:
+        raise InvalidInput("tasks: must hold at least one task")
+    if len(items) > MAX_BATCH:
+        raise InvalidInput(f"tasks: at most {MAX_BATCH} tasks per batch, got {len(items)}")
+    now = utcnow()
+    tasks = []
+    for index, item in enumerate(items):
+        try:
+            tasks.append(parse_new_task(item, now=now))
+        except InvalidInput as exc:
+            raise InvalidInput(f"tasks[{index}]: {exc}") from None
+    return tasks
+
+
+class TaskResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    exit_code: int | None = None
+    output: str | None = None
+    error: str | None = None
+
+
+class Task(BaseModel):
+    """A task as stored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+    state: TaskState
+    priority: int
+    run_at: datetime
+    region: str | None
+    assigned_region: str | None
+    worker_id: str | None
+    attempt: int
+    max_attempts: int
+    timeout_s: float
+    created_at: datetime
+    picked_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: TaskResult
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Task:
+        payload = row["payload"]
+        if isinstance(payload, str):
+            payload = json.loads(payload)
+        return cls(
+            id=row["id"],
+            kind=row["kind"],
+            payload=payload,
+            state=TaskState(row["state"]),
+            priority=row["priority"],
+            run_at=row["run_at"],
+            region=row["region"],
+            assigned_region=row["assigned_region"],
+            worker_id=row["worker_id"],
+            attempt=row["attempt"],
+            max_attempts=row["max_attempts"],
+            timeout_s=row["timeout_s"],
+            created_at=row["created_at"],
+            picked_at=row["picked_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            result=TaskResult(
+                exit_code=row["exit_code"], output=row["output"], error=row["error"]
+            ),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "kind": self.kind,
+            "payload": self.payload,
+            "state": self.state.value,
+            "priority": self.priority,
+            "run_at": rfc3339(self.run_at),
+            # Where it runs (or ran); until it is placed, the region it is pinned to.
+            "region": self.assigned_region or self.region,
+            "pinned_region": self.region,
+            "worker_id": self.worker_id,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "timeout_s": self.timeout_s,
+            "created_at": rfc3339(self.created_at),
+            "picked_at": rfc3339(self.picked_at),
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+            "result": self.result.model_dump(),
+        }

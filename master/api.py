@@ -1,0 +1,251 @@
+"""REST API at the master: /v1 and the TaskMaster-compatible /schedule and /status."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from common.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StrataError,
+    Unavailable,
+)
+from common.models import TaskState, parse_batch, parse_new_task
+from common.timeutil import rfc3339, utcnow
+from master.control import Control
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+_STATUS = {
+    InvalidInput: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Unavailable: 503,
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers or None
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place where errors become HTTP statuses."""
+    try:
+        return await handler(request)
+    except StrataError as exc:
+        status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
+        headers = {}
+        if isinstance(exc, Unavailable):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        return _error(status, exc.code, str(exc), **headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return _error(exc.status, code, exc.text or exc.reason)
+    except Exception:
+        logger.exception(
+            "unhandled error on %s %s", request.method, request.path,
+            extra={"action": "http_internal_error"},
+        )
+        return _error(500, "internal", "internal error")
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+
+
+def _task_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise InvalidInput(f"not a task id: {text!r}") from None
+
+
+def _encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{task_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, _, ident = raw.partition("|")
+        return datetime.fromisoformat(when), uuid.UUID(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("cursor: not a cursor this API returned") from None
+
+
+def _parse_scheduled_at(value: Any) -> datetime:
+    """TaskMaster clients send RFC 3339 text or unix seconds."""
+    if value is None:
+        return utcnow()
+    if isinstance(value, bool):
+        raise InvalidInput("scheduled_at: must be RFC 3339 text or unix seconds")
+    if isinstance(value, int | float):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidInput("scheduled_at: out of range") from None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInput(f"scheduled_at: not an RFC 3339 date-time: {value!r}") from None
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    raise InvalidInput("scheduled_at: must be RFC 3339 text or unix seconds")
+
+
+class Api:
+    def __init__(self, control: Control) -> None:
+        self._control = control
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
+        app.router.add_post("/v1/tasks", self.create_task)
+        app.router.add_get("/v1/tasks", self.list_tasks)
+        app.router.add_post("/v1/tasks/batch", self.create_batch)
+        app.router.add_get("/v1/tasks/{id}", self.get_task)
+        app.router.add_post("/v1/tasks/{id}/cancel", self.cancel_task)
+        app.router.add_get("/v1/stats", self.stats)
+        app.router.add_get("/v1/regions", self.regions)
+        app.router.add_get("/v1/workers", self.workers)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_post("/schedule", self.schedule)
+        app.router.add_get("/status", self.status)
+        app.router.add_get("/status/", self.status)
+        return app
+
+    # ---- /v1 ----------------------------------------------------------------
+
+    async def create_task(self, request: web.Request) -> web.Response:
+        task = parse_new_task(await _json_body(request))
+        stored = await self._control.create([task])
+        return web.json_response(stored[0].to_json(), status=201)
+
+    async def create_batch(self, request: web.Request) -> web.Response:
+        tasks = parse_batch(await _json_body(request))
+        await self._control.insert(tasks)
+        return web.json_response({"ids": [str(t.id) for t in tasks]}, status=201)
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        task = await self._control.get(_task_id(request.match_info["id"]))
+        return web.json_response(task.to_json())
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        query = request.query
+        state = query.get("state") or None
+        if state is not None and state not in TaskState.__members__.values():
+            raise InvalidInput(
+                f"state: unknown state {state!r}; expected one of "
+                + ", ".join(s.value for s in TaskState)
+            )
+        try:
+            limit = int(query.get("limit", DEFAULT_PAGE))
+        except ValueError:
+            raise InvalidInput("limit: must be an integer") from None
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE}")
+        cursor = query.get("cursor")
+        after = _decode_cursor(cursor) if cursor else None
+        tasks = await self._control.list_tasks(
+            state=state, region=query.get("region") or None, after=after, limit=limit
+        )
+        next_cursor = (
+            _encode_cursor(tasks[-1].created_at, tasks[-1].id) if len(tasks) == limit else None
+        )
+        return web.json_response(
+            {"tasks": [t.to_json() for t in tasks], "next_cursor": next_cursor}
+        )
+
+    async def cancel_task(self, request: web.Request) -> web.Response:
+        task = await self._control.cancel(_task_id(request.match_info["id"]))
+        return web.json_response(task.to_json())
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._control.stats())
+
+    async def regions(self, request: web.Request) -> web.Response:
+        return web.json_response({"regions": await self._control.regions()})
+
+    async def workers(self, request: web.Request) -> web.Response:
+        return web.json_response({"workers": await self._control.workers()})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        await self._control.ping()
+        return web.json_response({"status": "ready"})
+
+    # ---- TaskMaster-compatible --------------------------------------------------
+
+    async def schedule(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a JSON object")
+        command = body.get("command")
+        if not isinstance(command, str) or not command:
+            raise InvalidInput("command: required, a non-empty string")
+        unknown = set(body) - {"command", "scheduled_at"}
+        if unknown:
+            raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}")
+        scheduled_at = _parse_scheduled_at(body.get("scheduled_at"))
+        task = parse_new_task(
+            {"kind": "shell", "command": command, "run_at": scheduled_at.isoformat()}
+        )
+        await self._control.insert([task])
+        ts = task.run_at.timestamp()
+        return web.json_response(
+            {
+                "command": command,
+                "scheduled_at": int(ts) if ts == int(ts) else ts,
+                "task_id": str(task.id),
+            }
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        text = request.query.get("task_id")
+        if not text:
+            raise InvalidInput("task_id: required query parameter")
+        task = await self._control.get(_task_id(text))
+        out: dict[str, Any] = {
+            "task_id": str(task.id),
+            "command": task.payload.get("command"),
+            "scheduled_at": rfc3339(task.run_at),
+            "state": task.state.value,
+        }
+        stamps = {
+            "picked_at": task.picked_at,
+            "started_at": task.started_at,
+            "completed_at": task.finished_at if task.state is TaskState.SUCCEEDED else None,
+            "failed_at": task.finished_at if task.state is TaskState.FAILED else None,
+        }
+        out.update({k: rfc3339(v) for k, v in stamps.items() if v is not None})
+        return web.json_response(out)

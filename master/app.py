@@ -1,0 +1,80 @@
+"""The master's composition root: settings, database, gRPC server, REST, scanner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from aiohttp import web
+
+from common.errors import ConfigError
+from common.settings import MasterSettings
+from common.supervise import TaskSet, first_of, stop_on_signals
+from master.api import Api
+from master.control import Control
+from master.db import Database, wait_for_database
+from master.regions import RegionClients
+from master.scanner import Scanner
+from master.service import MasterService
+from proto import strata_pb2_grpc as rpc
+
+logger = logging.getLogger(__name__)
+
+GRPC_GRACE_S = 2.0
+
+
+async def migrate(settings: MasterSettings) -> list[str]:
+    if not settings.database_url:
+        raise ConfigError("no database configured: set STRATA_DATABASE_URL or DATABASE_URL")
+    await wait_for_database(settings.database_url)
+    db = await Database.connect(settings.database_url, pool_size=2)
+    try:
+        return await db.migrate()
+    finally:
+        await db.close()
+
+
+async def serve(settings: MasterSettings, stop: asyncio.Event | None = None) -> None:
+    if not settings.database_url:
+        raise ConfigError("no database configured: set STRATA_DATABASE_URL or DATABASE_URL")
+    stop = stop or stop_on_signals()
+    await wait_for_database(settings.database_url)
+    db = await Database.connect(settings.database_url, pool_size=settings.db_pool_size)
+    applied = await db.migrate()
+    if applied:
+        logger.info("applied migrations %s", applied, extra={"action": "migrated"})
+    regions = RegionClients()
+    scanner = Scanner(db, regions, settings)
+    service = MasterService(db, settings, scanner.wake)
+
+    server = grpc.aio.server()
+    rpc.add_MasterServicer_to_server(service, server)
+    server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    await server.start()
+
+    runner = web.AppRunner(Api(Control(db, regions, settings)).app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    await site.start()
+
+    tasks = TaskSet()
+    tasks.spawn("scanner", scanner.run())
+    logger.info(
+        "master ready: http://%s:%d grpc %s:%d", settings.http_host, settings.http_port,
+        settings.grpc_host, settings.grpc_port,
+        extra={"action": "master_ready"},
+    )
+    try:
+        await first_of(stop, tasks.failed)
+    finally:
+        # Intake first (no new REST or gRPC calls), then the scanner, then connections.
+        await runner.cleanup()
+        await server.stop(GRPC_GRACE_S)
+        await tasks.cancel_all()
+        await regions.close()
+        await db.close()
+        logger.info("master stopped", extra={"action": "master_stopped"})
+    if tasks.failure is not None:
+        raise tasks.failure
+

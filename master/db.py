@@ -1,0 +1,377 @@
+"""The one module that talks to PostgreSQL. Everything else gets models back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any, ParamSpec, TypeVar
+
+import asyncpg
+
+from common.errors import DatabaseUnavailable
+from common.models import NewTask, Task
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "strata_tasks"
+# Any constant works; it only has to be the same in every master.
+MIGRATION_LOCK_ID = 0x5157A7A0
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    TimeoutError,
+)
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files("sql").joinpath("queries.sql").read_text()
+    queries: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = body.strip()
+    return queries
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("sql").joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = re.match(r"^(\d+)_.*\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+Q = _load_queries()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claimed:
+    id: uuid.UUID
+    attempt: int
+    kind: str
+    payload_json: str
+    timeout_s: float
+    priority: int
+    run_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveRegion:
+    name: str
+    address: str
+    capacity: int
+    max_outstanding: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegionRow:
+    name: str
+    address: str
+    state: str
+    live: bool
+    registered_at: datetime
+    last_heartbeat: datetime
+    capacity: int
+    max_outstanding: int
+    running: int
+    queued: int
+    workers: list[dict[str, Any]]
+    stale_results: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started:
+    id: uuid.UUID
+    attempt: int
+    worker_id: str
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finished:
+    id: uuid.UUID
+    attempt: int
+    ok: bool
+    worker_id: str
+    started_at: datetime | None
+    finished_at: datetime
+    exit_code: int | None
+    output: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelOutcome:
+    previous_state: str
+    assigned_region: str | None
+    attempt: int
+    cancelled: bool
+
+
+def _wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn a lost connection into DatabaseUnavailable, where the driver error enters."""
+
+    async def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except _CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+
+    inner.__name__ = fn.__name__
+    inner.__doc__ = fn.__doc__
+    return inner
+
+
+class Database:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, pool_size: int = 8) -> Database:
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=pool_size, command_timeout=30
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # ---- schema -----------------------------------------------------------
+
+    @_wrap
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations. Safe when several masters start at once: the
+        advisory lock makes the others wait, then find nothing left to do."""
+        applied = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, text in _migrations():
+                if version in done:
+                    continue
+                await conn.execute(text)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+                applied.append(name)
+        return applied
+
+    @_wrap
+    async def ping(self) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    @asynccontextmanager
+    async def listen(self, callback: Callable[[], None]) -> AsyncIterator[None]:
+        """Hold a connection LISTENing on the task channel for as long as the block runs."""
+
+        def on_notify(*_: object) -> None:
+            callback()
+
+        try:
+            conn = await self._pool.acquire()
+        except _CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+        try:
+            await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+            try:
+                yield
+            finally:
+                if not conn.is_closed():
+                    await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
+        except _CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+        finally:
+            await self._pool.release(conn)
+
+    # ---- tasks ------------------------------------------------------------
+
+    @_wrap
+    async def insert_tasks(self, tasks: Sequence[NewTask]) -> None:
+        await self._pool.fetchrow(
+            Q["insert_tasks"],
+            [t.id for t in tasks],
+            [t.kind for t in tasks],
+            [json.dumps(t.payload) for t in tasks],
+            [t.priority for t in tasks],
+            [t.run_at for t in tasks],
+            [t.region for t in tasks],
+            [t.max_attempts for t in tasks],
+            [t.timeout_s for t in tasks],
+        )
+
+    @_wrap
+    async def claim(self, region: str, limit: int) -> list[Claimed]:
+        rows = await self._pool.fetch(Q["claim_due"], region, limit)
+        claimed = [
+            Claimed(
+                id=r["id"], attempt=r["attempt"], kind=r["kind"], payload_json=r["payload"],
+                timeout_s=r["timeout_s"], priority=r["priority"], run_at=r["run_at"],
+            )
+            for r in rows
+        ]
+        claimed.sort(key=lambda c: (-c.priority, c.run_at))
+        return claimed
+
+    @_wrap
+    async def next_due(self) -> datetime | None:
+        value: datetime | None = await self._pool.fetchval(Q["next_due"])
+        return value
+
+    @_wrap
+    async def inflight_by_region(self) -> dict[str, int]:
+        rows = await self._pool.fetch(Q["inflight_by_region"])
+        return {r["region"]: r["n"] for r in rows if r["region"] is not None}
+
+    @_wrap
+    async def live_regions(self, dead_after: timedelta) -> list[LiveRegion]:
+        rows = await self._pool.fetch(Q["live_regions"], dead_after.total_seconds())
+        return [
+            LiveRegion(name=r["name"], address=r["address"], capacity=r["capacity"],
+                       max_outstanding=r["max_outstanding"])
+            for r in rows
+        ]
+
+    @_wrap
+    async def return_to_pending(self, refs: Sequence[tuple[uuid.UUID, int]]) -> int:
+        rows = await self._pool.fetch(
+            Q["return_to_pending"], [r[0] for r in refs], [r[1] for r in refs]
+        )
+        return len(rows)
+
+    @_wrap
+    async def apply_events(
+        self,
+        started: Sequence[Started],
+        finished: Sequence[Finished],
+        *,
+        backoff_base: timedelta,
+        backoff_max: timedelta,
+    ) -> list[tuple[uuid.UUID, int]]:
+        """Write events whose attempt still matches; return the stale ones."""
+        stale: list[tuple[uuid.UUID, int]] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            if started:
+                rows = await conn.fetch(
+                    Q["mark_started"],
+                    [e.id for e in started], [e.attempt for e in started],
+                    [e.worker_id for e in started], [e.started_at for e in started],
+                )
+                stale.extend((r["id"], r["attempt"]) for r in rows)
+            if finished:
+                rows = await conn.fetch(
+                    Q["mark_finished"],
+                    [e.id for e in finished], [e.attempt for e in finished],
+                    [e.ok for e in finished], [e.worker_id for e in finished],
+                    [e.started_at for e in finished], [e.finished_at for e in finished],
+                    [e.exit_code for e in finished], [e.output for e in finished],
+                    [e.error for e in finished],
+                    backoff_base.total_seconds(), backoff_max.total_seconds(),
+                )
+                stale.extend((r["id"], r["attempt"]) for r in rows)
+        return stale
+
+    @_wrap
+    async def count_stale(self, region: str, n: int) -> None:
+        await self._pool.execute(Q["count_stale"], region, n)
+
+    @_wrap
+    async def get_task(self, task_id: uuid.UUID) -> Task | None:
+        row = await self._pool.fetchrow(Q["get_task"], task_id)
+        return Task.from_row(row) if row is not None else None
+
+    @_wrap
+    async def list_tasks(
+        self,
+        *,
+        state: str | None,
+        region: str | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[Task]:
+        rows = await self._pool.fetch(
+            Q["list_tasks"], state, region,
+            after[0] if after else None, after[1] if after else None, limit,
+        )
+        return [Task.from_row(r) for r in rows]
+
+    @_wrap
+    async def cancel_task(self, task_id: uuid.UUID) -> CancelOutcome | None:
+        row = await self._pool.fetchrow(Q["cancel_task"], task_id)
+        if row is None:
+            return None
+        return CancelOutcome(
+            previous_state=row["state"], assigned_region=row["assigned_region"],
+            attempt=row["attempt"], cancelled=row["cancelled"],
+        )
+
+    @_wrap
+    async def counts_by_state(self) -> dict[str, int]:
+        rows = await self._pool.fetch(Q["count_by_state"])
+        return {r["state"]: r["n"] for r in rows}
+
+    # ---- regions ------------------------------------------------------------
+
+    @_wrap
+    async def upsert_region(
+        self, *, name: str, address: str, capacity: int, max_outstanding: int,
+        running: int, queued: int, workers: list[dict[str, Any]],
+    ) -> None:
+        await self._pool.execute(
+            Q["upsert_region"], name, address, capacity, max_outstanding, running, queued,
+            json.dumps(workers),
+        )
+
+    @_wrap
+    async def list_regions(self, dead_after: timedelta) -> list[RegionRow]:
+        rows = await self._pool.fetch(Q["list_regions"], dead_after.total_seconds())
+        return [
+            RegionRow(
+                name=r["name"], address=r["address"], state=r["state"], live=r["live"],
+                registered_at=r["registered_at"], last_heartbeat=r["last_heartbeat"],
+                capacity=r["capacity"], max_outstanding=r["max_outstanding"],
+                running=r["running"], queued=r["queued"], workers=json.loads(r["workers"]),
+                stale_results=r["stale_results"],
+            )
+            for r in rows
+        ]
+
+
+async def wait_for_database(dsn: str, *, within_s: float = 30.0) -> None:
+    """Wait until PostgreSQL accepts connections (used at start-up)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+            await asyncio.sleep(0.2)
+        else:
+            await conn.close()
+            return

@@ -1,0 +1,115 @@
+"""Claims due tasks and delegates each live region its share in one call.
+
+Woken by LISTEN/NOTIFY when a task is inserted, by result ingestion and region
+heartbeats when capacity frees up, and by a timer for the next future task; the
+periodic scan is only the safety net."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+import grpc
+
+from common.settings import MasterSettings
+from common.timeutil import to_unix, utcnow
+from master.db import Claimed, Database, LiveRegion
+from master.regions import RegionClients
+from proto import strata_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+DELEGATE_TIMEOUT_S = 5.0
+
+
+class Scanner:
+    def __init__(self, db: Database, regions: RegionClients, settings: MasterSettings) -> None:
+        self._db = db
+        self._regions = regions
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self.dispatched_total = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        async with self._db.listen(self.wake):
+            while True:
+                self._wake.clear()
+                sent = await self.scan_once()
+                if sent:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), await self._idle_timeout())
+
+    async def _idle_timeout(self) -> float:
+        timeout = self._settings.scan_interval.total_seconds()
+        next_due = await self._db.next_due()
+        if next_due is not None:
+            until = (next_due - utcnow()).total_seconds()
+            if until > 0:
+                timeout = min(timeout, until)
+        return max(timeout, 0.001)
+
+    async def scan_once(self) -> int:
+        regions = await self._db.live_regions(self._settings.region_dead_after)
+        if not regions:
+            return 0
+        inflight = await self._db.inflight_by_region()
+        shares = []
+        for region in regions:
+            free = region.max_outstanding - inflight.get(region.name, 0)
+            if free > 0:
+                limit = min(free, self._settings.claim_batch)
+                shares.append(self._claim_and_delegate(region, limit))
+        if not shares:
+            return 0
+        sent = sum(await asyncio.gather(*shares))
+        self.dispatched_total += sent
+        return sent
+
+    async def _claim_and_delegate(self, region: LiveRegion, limit: int) -> int:
+        claimed = await self._db.claim(region.name, limit)
+        if not claimed:
+            return 0
+        accepted = await self._delegate(region, claimed)
+        return accepted
+
+    async def _delegate(self, region: LiveRegion, claimed: list[Claimed]) -> int:
+        lease_until = to_unix(utcnow() + self._settings.lease)
+        request = pb.DelegateRequest(
+            tasks=[
+                pb.TaskSpec(
+                    id=str(c.id), attempt=c.attempt, kind=c.kind, payload_json=c.payload_json,
+                    timeout_s=c.timeout_s, lease_expires_at=lease_until,
+                )
+                for c in claimed
+            ]
+        )
+        stub = self._regions.stub(region.name, region.address)
+        try:
+            reply = await stub.Delegate(request, timeout=DELEGATE_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            returned = await self._db.return_to_pending([(c.id, c.attempt) for c in claimed])
+            logger.warning(
+                "delegation of %d tasks to %s failed (%s); %d back to pending",
+                len(claimed), region.name, exc.code().name, returned,
+                extra={"action": "delegate_failed", "region": region.name},
+            )
+            return 0
+        if reply.rejected:
+            refs = [(uuid.UUID(r.task_id), r.attempt) for r in reply.rejected]
+            await self._db.return_to_pending(refs)
+            logger.info(
+                "region %s rejected %d tasks", region.name, len(refs),
+                extra={"action": "delegate_rejected", "region": region.name},
+            )
+        logger.debug(
+            "delegated %d tasks to %s", len(reply.accepted), region.name,
+            extra={"action": "delegated", "region": region.name},
+        )
+        return len(reply.accepted)
+

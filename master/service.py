@@ -1,0 +1,135 @@
+"""The master's gRPC face: regions register, heartbeat, report events, hand work back."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from common.settings import MasterSettings
+from common.timeutil import from_unix, utcnow
+from master.db import Database, Finished, Started
+from proto import strata_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    started: list[Started]
+    finished: list[Finished]
+    returned: list[tuple[uuid.UUID, int]]
+
+
+def split_events(events: list[pb.TaskEvent]) -> Report:
+    """Parse a report at the edge. A task that started and finished within one
+    batch needs only its result: the result carries started_at."""
+    returned: list[tuple[uuid.UUID, int]] = []
+    finished: dict[tuple[str, int], Finished] = {}
+    started: dict[tuple[str, int], Started] = {}
+    for e in events:
+        key = (e.task_id, e.attempt)
+        if e.type == pb.EVENT_TYPE_STARTED:
+            started[key] = Started(
+                id=uuid.UUID(e.task_id), attempt=e.attempt, worker_id=e.worker_id,
+                started_at=from_unix(e.started_at) or utcnow(),
+            )
+        elif e.type in (pb.EVENT_TYPE_SUCCEEDED, pb.EVENT_TYPE_FAILED):
+            finished[key] = Finished(
+                id=uuid.UUID(e.task_id), attempt=e.attempt,
+                ok=e.type == pb.EVENT_TYPE_SUCCEEDED, worker_id=e.worker_id,
+                started_at=from_unix(e.started_at),
+                finished_at=from_unix(e.finished_at) or utcnow(),
+                exit_code=e.exit_code if e.has_exit_code else None,
+                output=e.output or None, error=e.error or None,
+            )
+        elif e.type == pb.EVENT_TYPE_RETURNED:
+            returned.append((uuid.UUID(e.task_id), e.attempt))
+    done = finished.keys() | {(str(i), a) for i, a in returned}
+    only_started = [s for key, s in started.items() if key not in done]
+    return Report(started=only_started, finished=list(finished.values()), returned=returned)
+
+
+class MasterService:
+    def __init__(
+        self, db: Database, settings: MasterSettings, on_capacity: Callable[[], None]
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._on_capacity = on_capacity
+        self.stale_total = 0
+
+    async def Register(
+        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RegisterReply:
+        await self._db.upsert_region(
+            name=request.region, address=request.address, capacity=0, max_outstanding=0,
+            running=0, queued=0, workers=[],
+        )
+        logger.info(
+            "region %s registered at %s", request.region, request.address,
+            extra={"action": "region_registered", "region": request.region},
+        )
+        return pb.RegisterReply(
+            heartbeat_interval_s=self._settings.heartbeat_interval.total_seconds(),
+            lease_s=self._settings.lease.total_seconds(),
+        )
+
+    async def Heartbeat(
+        self, request: pb.RegionHeartbeat, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.HeartbeatReply:
+        workers = [
+            {"id": w.id, "capacity": w.capacity, "running": w.running,
+             "last_heartbeat": w.last_heartbeat, "health_address": w.health_address}
+            for w in request.workers
+        ]
+        await self._db.upsert_region(
+            name=request.region, address=request.address, capacity=request.capacity,
+            max_outstanding=request.max_outstanding, running=request.running,
+            queued=request.queued, workers=workers,
+        )
+        if request.max_outstanding > request.running + request.queued:
+            self._on_capacity()
+        return pb.HeartbeatReply(known=True)
+
+    async def Report(
+        self, request: pb.ReportRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReportReply:
+        report = split_events(list(request.events))
+        started, finished = report.started, report.finished
+        if report.returned:
+            await self._db.return_to_pending(report.returned)
+        stale = await self._db.apply_events(
+            started, finished,
+            backoff_base=self._settings.retry_backoff_base,
+            backoff_max=self._settings.retry_backoff_max,
+        )
+        if stale:
+            self.stale_total += len(stale)
+            await self._db.count_stale(request.region, len(stale))
+            logger.warning(
+                "dropped %d stale events from %s", len(stale), request.region,
+                extra={"action": "stale_results_dropped", "region": request.region},
+            )
+        if finished or report.returned:
+            self._on_capacity()
+        return pb.ReportReply(
+            applied=len(started) + len(finished) - len(stale),
+            stale=[pb.TaskRef(task_id=str(i), attempt=a) for i, a in stale],
+        )
+
+    async def HandBack(
+        self, request: pb.HandBackRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.HandBackReply:
+        refs = [(uuid.UUID(t.task_id), t.attempt) for t in request.tasks]
+        returned = await self._db.return_to_pending(refs)
+        logger.info(
+            "region %s handed back %d tasks (%s)", request.region, returned, request.reason,
+            extra={"action": "tasks_handed_back", "region": request.region},
+        )
+        self._on_capacity()
+        return pb.HandBackReply(returned=returned)

@@ -1,0 +1,236 @@
+"""A region's state: the tasks it holds and the workers it hands them to.
+
+Plain synchronous code on purpose: every method runs to completion on the event
+loop, so the queue and the workers' in-flight sets never need a lock. I/O (the
+worker streams, the master link) happens elsewhere and is fed through callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from proto import strata_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+Ref = tuple[str, int]  # (task id, attempt)
+
+
+def ref_of(spec: pb.TaskSpec | pb.TaskEvent | pb.TaskRef) -> Ref:
+    if isinstance(spec, pb.TaskSpec):
+        return (spec.id, spec.attempt)
+    return (spec.task_id, spec.attempt)
+
+
+@dataclass(eq=False)
+class WorkerConn:
+    """One worker's stream, as the region sees it."""
+
+    id: str
+    capacity: int
+    health_address: str
+    send: Callable[[pb.RegionMessage], None]
+    close: Callable[[], None]
+    inflight: dict[Ref, pb.TaskSpec] = field(default_factory=dict)
+    running: int = 0
+    last_beat: float = field(default_factory=time.monotonic)
+    last_beat_wall: float = field(default_factory=time.time)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.inflight)
+
+    def beat(self, running: int) -> None:
+        self.running = running
+        self.last_beat = time.monotonic()
+        self.last_beat_wall = time.time()
+
+
+class Coordinator:
+    def __init__(
+        self,
+        *,
+        name: str,
+        queue_factor: float,
+        on_capacity_change: Callable[[], None],
+        hand_back: Callable[[list[pb.TaskSpec], str], None],
+    ) -> None:
+        self.name = name
+        self._queue_factor = queue_factor
+        self._on_capacity_change = on_capacity_change
+        self._hand_back = hand_back
+        self._queue: deque[pb.TaskSpec] = deque()
+        self._workers: dict[str, WorkerConn] = {}
+        self._rr = 0  # index of the worker that gets the next task
+        self.accepting = True
+
+    # ---- figures the master sees -------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return sum(w.capacity for w in self._workers.values())
+
+    @property
+    def max_outstanding(self) -> int:
+        if not self.accepting:
+            return 0
+        capacity = self.capacity
+        return capacity + math.ceil(capacity * self._queue_factor)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return sum(len(w.inflight) for w in self._workers.values())
+
+    def workers(self) -> list[WorkerConn]:
+        return list(self._workers.values())
+
+    # ---- work from the master ------------------------------------------------------
+
+    def accept(self, tasks: Iterable[pb.TaskSpec]) -> tuple[list[pb.TaskSpec], list[pb.TaskSpec]]:
+        """Queue what fits within max_outstanding; the rest goes straight back."""
+        room = self.max_outstanding - self.queued - self.running
+        accepted: list[pb.TaskSpec] = []
+        rejected: list[pb.TaskSpec] = []
+        for spec in tasks:
+            (accepted if len(accepted) < room else rejected).append(spec)
+        self._queue.extend(accepted)
+        self.assign()
+        return accepted, rejected
+
+    def cancel(self, refs: Iterable[Ref]) -> int:
+        """Drop queued attempts and tell workers to stop running ones."""
+        wanted = set(refs)
+        if not wanted:
+            return 0
+        before = len(self._queue)
+        self._queue = deque(s for s in self._queue if ref_of(s) not in wanted)
+        count = before - len(self._queue)
+        for worker in self._workers.values():
+            hits = [pb.TaskRef(task_id=r[0], attempt=r[1]) for r in wanted if r in worker.inflight]
+            if hits:
+                worker.send(pb.RegionMessage(cancel=pb.CancelRequest(tasks=hits)))
+                count += len(hits)
+        return count
+
+    def drain_queue(self) -> list[pb.TaskSpec]:
+        """Take every queued task out (to hand it back to the master)."""
+        taken = list(self._queue)
+        self._queue.clear()
+        return taken
+
+    # ---- workers --------------------------------------------------------------------
+
+    def join(self, worker: WorkerConn, still_running: Iterable[Ref] = ()) -> None:
+        old = self._workers.pop(worker.id, None)
+        if old is not None:
+            # The same worker reconnected before its old stream was noticed dead.
+            self._requeue(old)
+            old.close()
+        # Tasks the worker still runs from an earlier connection: if they sit in our
+        # queue (requeued when it dropped), take them back instead of running them twice.
+        adopt = set(still_running)
+        if adopt:
+            keep: deque[pb.TaskSpec] = deque()
+            for spec in self._queue:
+                if ref_of(spec) in adopt:
+                    worker.inflight[ref_of(spec)] = spec
+                else:
+                    keep.append(spec)
+            self._queue = keep
+        self._workers[worker.id] = worker
+        logger.info(
+            "worker %s joined (capacity %d)", worker.id, worker.capacity,
+            extra={"action": "worker_joined", "region": self.name, "worker": worker.id},
+        )
+        self.assign()
+        self._on_capacity_change()
+
+    def _requeue(self, worker: WorkerConn) -> int:
+        orphans = list(worker.inflight.values())
+        worker.inflight.clear()
+        # To the front, in their order: they were due before what is queued now.
+        self._queue.extendleft(reversed(orphans))
+        return len(orphans)
+
+    def leave(self, worker_id: str, reason: str, *, conn: WorkerConn | None = None) -> None:
+        """Remove a worker and requeue its tasks. With ``conn``, only if that stream is
+        still the worker's current one (it may have reconnected meanwhile)."""
+        worker = self._workers.get(worker_id)
+        if worker is None or (conn is not None and worker is not conn):
+            return
+        del self._workers[worker_id]
+        orphans = self._requeue(worker)
+        logger.warning(
+            "worker %s left: %s; %d in-flight tasks requeued", worker_id, reason, orphans,
+            extra={"action": "worker_evicted", "region": self.name, "worker": worker_id},
+        )
+        if not self._workers and self._queue:
+            self._hand_back(self.drain_queue(), "no live worker")
+        self.assign()
+        self._on_capacity_change()
+
+    def drain(self, worker_id: str) -> None:
+        """The worker is stopping: it gets nothing more."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return
+        worker.capacity = 0
+        logger.info(
+            "worker %s draining", worker_id,
+            extra={"action": "worker_draining", "region": self.name, "worker": worker_id},
+        )
+        self._on_capacity_change()
+
+    def evict_silent(self, dead_after_s: float) -> list[str]:
+        now = time.monotonic()
+        silent = [w for w in self._workers.values() if now - w.last_beat > dead_after_s]
+        for worker in silent:
+            self.leave(worker.id, f"no heartbeat for {now - worker.last_beat:.1f}s")
+            worker.close()
+        return [w.id for w in silent]
+
+    def finished(self, worker_id: str, refs: Iterable[Ref]) -> None:
+        """A worker reported results: its slots are free again."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return
+        for ref in refs:
+            worker.inflight.pop(ref, None)
+        self.assign()
+
+    # ---- assignment -------------------------------------------------------------------
+
+    def assign(self) -> int:
+        """Hand queued tasks round-robin to live workers with free slots, one message
+        per worker for the whole round."""
+        if not self._queue or not self.accepting:
+            return 0
+        workers = list(self._workers.values())
+        if not workers:
+            return 0
+        batches: dict[str, list[pb.TaskSpec]] = {}
+        free = {w.id: w.free for w in workers}
+        idle_in_a_row = 0
+        while self._queue and idle_in_a_row < len(workers):
+            worker = workers[self._rr % len(workers)]
+            self._rr = (self._rr + 1) % len(workers)
+            if free[worker.id] <= 0:
+                idle_in_a_row += 1
+                continue
+            idle_in_a_row = 0
+            spec = self._queue.popleft()
+            free[worker.id] -= 1
+            worker.inflight[ref_of(spec)] = spec
+            batches.setdefault(worker.id, []).append(spec)
+        for worker_id, specs in batches.items():
+            self._workers[worker_id].send(pb.RegionMessage(assign=pb.Assign(tasks=specs)))
+        return sum(len(s) for s in batches.values())

@@ -1,0 +1,105 @@
+"""The region's gRPC face: the master delegates and cancels; workers hold a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from proto import strata_pb2 as pb
+from regional.coordinator import Coordinator, WorkerConn, ref_of
+from regional.link import MasterLink
+
+logger = logging.getLogger(__name__)
+
+_RESULTS = (pb.EVENT_TYPE_SUCCEEDED, pb.EVENT_TYPE_FAILED, pb.EVENT_TYPE_RETURNED)
+
+
+class RegionService:
+    def __init__(
+        self, coordinator: Coordinator, link: MasterLink, heartbeat_interval_s: float
+    ) -> None:
+        self._coordinator = coordinator
+        self._link = link
+        self._heartbeat_interval_s = heartbeat_interval_s
+
+    async def Delegate(
+        self, request: pb.DelegateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DelegateReply:
+        accepted, rejected = self._coordinator.accept(request.tasks)
+        if rejected:
+            logger.info(
+                "rejected %d of %d delegated tasks", len(rejected), len(request.tasks),
+                extra={"action": "delegate_rejected", "region": self._coordinator.name},
+            )
+        return pb.DelegateReply(
+            accepted=[pb.TaskRef(task_id=s.id, attempt=s.attempt) for s in accepted],
+            rejected=[pb.TaskRef(task_id=s.id, attempt=s.attempt) for s in rejected],
+        )
+
+    async def Cancel(
+        self, request: pb.CancelRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CancelReply:
+        count = self._coordinator.cancel(ref_of(r) for r in request.tasks)
+        return pb.CancelReply(cancelled=count)
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.WorkerMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        first = await context.read()
+        if first is grpc.aio.EOF or first.WhichOneof("body") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
+            return
+        hello = first.hello
+        outbox: asyncio.Queue[pb.RegionMessage | None] = asyncio.Queue()
+        conn = WorkerConn(
+            id=hello.worker_id, capacity=hello.capacity, health_address=hello.health_address,
+            send=outbox.put_nowait, close=lambda: outbox.put_nowait(None),
+        )
+        await context.write(
+            pb.RegionMessage(welcome=pb.Welcome(heartbeat_interval_s=self._heartbeat_interval_s))
+        )
+        self._coordinator.join(conn, still_running=[ref_of(r) for r in hello.running])
+        reader = asyncio.create_task(self._read(conn, context), name=f"read-{conn.id}")
+        reason = "stream closed"
+        try:
+            while (message := await outbox.get()) is not None:
+                await context.write(message)
+        except Exception as exc:
+            reason = f"stream broke: {exc!r}"
+            raise
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self._coordinator.leave(conn.id, reason, conn=conn)
+
+    async def _read(self, conn: WorkerConn, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            while (message := await context.read()) is not grpc.aio.EOF:
+                body = message.WhichOneof("body")
+                if body == "beat":
+                    conn.beat(message.beat.running)
+                    if message.beat.draining and conn.capacity:
+                        self._coordinator.drain(conn.id)
+                elif body == "events":
+                    conn.beat(conn.running)
+                    done = []
+                    for event in message.events.events:
+                        if event.type in _RESULTS:
+                            done.append(ref_of(event))
+                        # Waits when the buffer to the master is full: back-pressure
+                        # reaches the worker instead of memory growing.
+                        await self._link.events.put(event)
+                    if done:
+                        self._coordinator.finished(conn.id, done)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            logger.info(
+                "worker %s stream ended: %s", conn.id, exc,
+                extra={"action": "worker_stream_ended", "worker": conn.id},
+            )
+        finally:
+            conn.close()

@@ -1,0 +1,143 @@
+-- Named queries, loaded once by master/db.py. Values are always bound parameters.
+
+-- name: insert_tasks
+-- One round trip for one task or ten thousand; the NOTIFY wakes the scanners at commit.
+WITH inserted AS (
+    INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
+                         $6::text[], $7::int[], $8::float8[])
+    RETURNING run_at
+)
+SELECT pg_notify('strata_tasks', ''), count(*) FROM inserted;
+
+-- name: claim_due
+WITH due AS (
+    SELECT id FROM tasks
+    WHERE state = 'pending' AND run_at <= now() AND (region IS NULL OR region = $1)
+    ORDER BY priority DESC, run_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks AS t
+SET state = 'dispatched', attempt = t.attempt + 1, assigned_region = $1,
+    picked_at = coalesce(t.picked_at, now()), worker_id = NULL
+FROM due
+WHERE t.id = due.id
+RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.priority, t.run_at;
+
+-- name: next_due
+SELECT min(run_at) FROM tasks WHERE state = 'pending';
+
+-- name: inflight_by_region
+SELECT assigned_region AS region, count(*) AS n
+FROM tasks
+WHERE state IN ('dispatched', 'running')
+GROUP BY assigned_region;
+
+-- name: live_regions
+SELECT name, address, capacity, max_outstanding
+FROM regions
+WHERE state = 'up' AND last_heartbeat > now() - $1::float8 * interval '1 second'
+ORDER BY name;
+
+-- name: return_to_pending
+-- Attempts that never started (undeliverable batch, a region handing work back).
+UPDATE tasks AS t
+SET state = 'pending', assigned_region = NULL, worker_id = NULL
+FROM unnest($1::uuid[], $2::int[]) AS e(id, attempt)
+WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
+RETURNING t.id;
+
+-- name: mark_started
+WITH e AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[])
+        AS e(id, attempt, worker_id, started_at)
+), updated AS (
+    UPDATE tasks AS t
+    SET state = 'running', started_at = e.started_at, worker_id = e.worker_id
+    FROM e
+    WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
+    RETURNING t.id
+)
+SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id);
+
+-- name: mark_finished
+-- A failure with attempts left goes back to pending with an exponential backoff;
+-- rows come back only for stale events (attempt no longer owned).
+WITH e AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::text[], $5::timestamptz[],
+                         $6::timestamptz[], $7::int[], $8::text[], $9::text[])
+        AS e(id, attempt, ok, worker_id, started_at, finished_at, exit_code, output, error)
+), updated AS (
+    UPDATE tasks AS t
+    SET state = CASE
+            WHEN e.ok THEN 'succeeded'
+            WHEN t.failures + 1 < t.max_attempts THEN 'pending'
+            ELSE 'failed' END,
+        failures = t.failures + (NOT e.ok)::int,
+        run_at = CASE
+            WHEN NOT e.ok AND t.failures + 1 < t.max_attempts
+            THEN now() + least($10::float8 * power(2, t.failures), $11::float8)
+                         * (0.75 + random() * 0.5) * interval '1 second'
+            ELSE t.run_at END,
+        assigned_region = CASE
+            WHEN NOT e.ok AND t.failures + 1 < t.max_attempts THEN NULL
+            ELSE t.assigned_region END,
+        started_at = coalesce(e.started_at, t.started_at),
+        finished_at = CASE
+            WHEN e.ok OR t.failures + 1 >= t.max_attempts THEN e.finished_at END,
+        worker_id = e.worker_id,
+        exit_code = e.exit_code,
+        output = e.output,
+        error = e.error
+    FROM e
+    WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
+    RETURNING t.id
+)
+SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id);
+
+-- name: count_stale
+UPDATE regions SET stale_results = stale_results + $2 WHERE name = $1;
+
+-- name: upsert_region
+INSERT INTO regions (name, address, state, last_heartbeat, capacity, max_outstanding,
+                     running, queued, workers)
+VALUES ($1, $2, 'up', now(), $3, $4, $5, $6, $7::jsonb)
+ON CONFLICT (name) DO UPDATE
+SET address = excluded.address, state = 'up', last_heartbeat = now(),
+    capacity = excluded.capacity, max_outstanding = excluded.max_outstanding,
+    running = excluded.running, queued = excluded.queued, workers = excluded.workers;
+
+-- name: list_regions
+SELECT name, address, state, registered_at, last_heartbeat, capacity, max_outstanding,
+       running, queued, workers::text AS workers, stale_results,
+       state = 'up' AND last_heartbeat > now() - $1::float8 * interval '1 second' AS live
+FROM regions
+ORDER BY name;
+
+-- name: get_task
+SELECT * FROM tasks WHERE id = $1;
+
+-- name: list_tasks
+SELECT * FROM tasks
+WHERE ($1::text IS NULL OR state = $1)
+  AND ($2::text IS NULL OR coalesce(assigned_region, region) = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
+ORDER BY created_at, id
+LIMIT $5;
+
+-- name: cancel_task
+-- Returns the row as it was before, so the caller knows whether a region holds it.
+WITH before AS (
+    SELECT id, state, assigned_region, attempt FROM tasks WHERE id = $1 FOR UPDATE
+), updated AS (
+    UPDATE tasks AS t SET state = 'cancelled', finished_at = now()
+    FROM before b
+    WHERE t.id = b.id AND b.state IN ('pending', 'dispatched', 'running')
+    RETURNING t.id
+)
+SELECT b.state, b.assigned_region, b.attempt, EXISTS (SELECT 1 FROM updated) AS cancelled
+FROM before b;
+
+-- name: count_by_state
+SELECT state, count(*) AS n FROM tasks GROUP BY state;

@@ -1,0 +1,124 @@
+"""Runs a topology as local processes: master, then regions, then workers.
+
+Prefixes every line a process prints with its name, restarts a process that dies
+with backoff, and stops them in reverse order (workers, regions, master)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 10.0
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 10.0
+HEALTHY_AFTER_S = 10.0  # a process up this long resets its restart backoff
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the supervisor itself is killed (Linux only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass(eq=False)
+class Proc:
+    name: str
+    tier: int  # 0 master, 1 regions, 2 workers: started in order, stopped in reverse
+    argv: list[str]
+    env: dict[str, str]
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+class Supervisor:
+    def __init__(self, procs: list[Proc], *, out: TextIO = sys.stdout) -> None:
+        self.procs = procs
+        self._out = out
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+        self._width = max(len(p.name) for p in procs)
+
+    def say(self, text: str) -> None:
+        print(f"{'strata':<{self._width}} | {text}", file=self._out, flush=True)
+
+    async def start_tier(self, tier: int, ready: Callable[[], Awaitable[None]]) -> None:
+        for proc in self.procs:
+            if proc.tier == tier:
+                self._loops.append(asyncio.create_task(self._keep(proc), name=proc.name))
+        await ready()
+
+    async def _keep(self, proc: Proc) -> None:
+        delay = RESTART_MIN_S
+        while not self._stopping:
+            began = time.monotonic()
+            proc.process = await asyncio.create_subprocess_exec(
+                *proc.argv, env=proc.env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+            proc.started.set()
+            await self._pump(proc)
+            code = await proc.process.wait()
+            if self._stopping:
+                return
+            if time.monotonic() - began > HEALTHY_AFTER_S:
+                delay = RESTART_MIN_S
+            proc.restarts += 1
+            self.say(f"{proc.name} exited with code {code}; restarting in {delay:.1f}s "
+                     f"(restart {proc.restarts})")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX_S)
+
+    async def _pump(self, proc: Proc) -> None:
+        assert proc.process is not None and proc.process.stdout is not None
+        prefix = f"{proc.name:<{self._width}} | "
+        while line := await proc.process.stdout.readline():
+            self._out.write(prefix + line.decode(errors="replace"))
+            self._out.flush()
+
+    async def stop(self) -> None:
+        """Workers, then regions, then the master; each gets SIGTERM and a grace."""
+        self._stopping = True
+        for tier in sorted({p.tier for p in self.procs}, reverse=True):
+            group = [p for p in self.procs if p.tier == tier and p.process is not None
+                     and p.process.returncode is None]
+            for proc in group:
+                assert proc.process is not None
+                proc.process.send_signal(signal.SIGTERM)
+            for proc in group:
+                assert proc.process is not None
+                try:
+                    await asyncio.wait_for(proc.process.wait(), STOP_GRACE_S)
+                except TimeoutError:
+                    self.say(f"{proc.name} did not stop in {STOP_GRACE_S:.0f}s; killing it")
+                    proc.process.kill()
+                    await proc.process.wait()
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,103 @@
+"""Topology files: which regions exist, their ports, their workers. One file drives
+both ``strata up`` (local processes) and ``strata compose`` (a compose file)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from common.errors import ConfigError
+from common.models import REGION_NAME_PATTERN
+
+TOPOLOGY_DIR = Path(__file__).resolve().parent
+DEFAULT_TOPOLOGY = TOPOLOGY_DIR / "local.toml"
+
+Scalar = str | int | float | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MasterSpec(_Strict):
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    grpc_port: int = Field(default=50051, ge=1, le=65535)
+
+
+class RegionSpec(_Strict):
+    name: str = Field(pattern=REGION_NAME_PATTERN)
+    grpc_port: int = Field(ge=1, le=65535)
+    workers: int = Field(default=2, ge=0, le=64)
+    concurrency: int = Field(default=8, ge=1, le=10_000)
+    # STRATA_* overrides for this region's processes, keyed without the prefix.
+    settings: dict[str, Scalar] = Field(default_factory=dict)
+
+
+class Topology(_Strict):
+    name: str
+    master: MasterSpec = MasterSpec()
+    settings: dict[str, Scalar] = Field(default_factory=dict)
+    regions: list[RegionSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Topology:
+        names = [r.name for r in self.regions]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"region names must be unique; repeated: {', '.join(dupes)}")
+        ports = [self.master.http_port, self.master.grpc_port] + [r.grpc_port for r in self.regions]
+        clash = sorted({p for p in ports if ports.count(p) > 1})
+        if clash:
+            raise ValueError(f"ports must be unique; repeated: {', '.join(map(str, clash))}")
+        return self
+
+
+def _where(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
+    """regions[1].grpc_port, with the region's name when it has one."""
+    parts: list[str] = []
+    node: Any = raw
+    for item in loc:
+        if isinstance(item, int):
+            name = node[item].get("name") if isinstance(node, list) and item < len(node) and \
+                isinstance(node[item], dict) else None
+            parts[-1] += f"[{item}]" + (f" ({name})" if name else "")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def parse(text: str, source: str) -> Topology:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    raw.setdefault("name", Path(source).stem)
+    try:
+        return Topology.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_where(err['loc'], raw)}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load(path: Path | str) -> Topology:
+    path = Path(path)
+    if not path.exists() and not path.is_absolute() and (TOPOLOGY_DIR / path.name).exists():
+        path = TOPOLOGY_DIR / path.name
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read topology: {exc.strerror}") from None
+    return parse(text, str(path))
+
+
+def env_for(settings: dict[str, Scalar]) -> dict[str, str]:
+    return {f"STRATA_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in settings.items()}

@@ -1,0 +1,145 @@
+"""``strata up``: PostgreSQL (embedded unless configured), then the topology's
+processes under the supervisor, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from common.client import Client
+from common.errors import StrataError
+from common.settings import UpSettings
+from topologies.supervisor import Proc, Supervisor, child_env
+from topologies.topology import Topology, env_for
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 60.0
+EMBEDDED_DATABASE = "strata"
+
+
+def plan(topology: Topology, database_url: str) -> list[Proc]:
+    """The processes of a topology, with their command lines and environments."""
+    base = {"STRATA_DATABASE_URL": database_url, **env_for(topology.settings)}
+    cli = [sys.executable, "-m", "topologies.cli"]
+    master_addr = f"127.0.0.1:{topology.master.grpc_port}"
+    procs = [
+        Proc(
+            name="master", tier=0, env=child_env(base),
+            argv=[*cli, "master", "--http-port", str(topology.master.http_port),
+                  "--grpc-port", str(topology.master.grpc_port)],
+        )
+    ]
+    for region in topology.regions:
+        env = child_env({**base, **env_for(region.settings)})
+        procs.append(
+            Proc(
+                name=region.name, tier=1, env=env,
+                argv=[*cli, "regional", "--name", region.name, "--master", master_addr,
+                      "--grpc-port", str(region.grpc_port)],
+            )
+        )
+        for index in range(1, region.workers + 1):
+            worker_id = f"{region.name}-w{index}"
+            procs.append(
+                Proc(
+                    name=worker_id, tier=2, env=env,
+                    argv=[*cli, "worker", "--region", f"127.0.0.1:{region.grpc_port}",
+                          "--concurrency", str(region.concurrency), "--http-port", "0",
+                          "--id", worker_id],
+                )
+            )
+    return procs
+
+
+async def _poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    async with asyncio.timeout(READY_TIMEOUT_S):
+        while True:
+            try:
+                if await check():
+                    return
+            except StrataError:
+                pass
+            await asyncio.sleep(0.1)
+    raise StrataError(f"{what} not ready after {READY_TIMEOUT_S:.0f}s")  # pragma: no cover
+
+
+async def ensure_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def run(topology: Topology, settings: UpSettings) -> int:
+    from topologies.postgres import EmbeddedPostgres
+
+    embedded: EmbeddedPostgres | None = None
+    database_url = settings.database_url
+    if not database_url:
+        data_dir = settings.data_dir / "pgdata"
+        embedded = EmbeddedPostgres(data_dir, port=settings.pg_port)
+        print(f"strata | starting embedded PostgreSQL in {data_dir}", flush=True)
+        await asyncio.to_thread(embedded.start)
+        await ensure_database(embedded.url, EMBEDDED_DATABASE)
+        database_url = embedded.url_for(EMBEDDED_DATABASE)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    supervisor = Supervisor(plan(topology, database_url))
+    api = f"http://127.0.0.1:{topology.master.http_port}"
+    client = Client(api, timeout_s=2)
+
+    async def master_ready() -> bool:
+        await client.request("GET", "/readyz")
+        return True
+
+    async def regions_ready() -> bool:
+        up = {r["name"] for r in await client.regions() if r["state"] == "up"}
+        return {r.name for r in topology.regions} <= up
+
+    async def workers_ready() -> bool:
+        live = [w for w in await client.workers() if w["state"] == "up"]
+        return len(live) >= sum(r.workers for r in topology.regions)
+
+    async def bring_up() -> None:
+        await supervisor.start_tier(0, lambda: _poll(master_ready, "master"))
+        await supervisor.start_tier(1, lambda: _poll(regions_ready, "regions"))
+        await supervisor.start_tier(2, lambda: _poll(workers_ready, "workers"))
+        supervisor.say(
+            f"ready: API at {api} ({len(topology.regions)} regions, "
+            f"{sum(r.workers for r in topology.regions)} workers); Ctrl-C stops everything"
+        )
+
+    starting = asyncio.create_task(bring_up(), name="bring_up")
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    code = 0
+    try:
+        done, _ = await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done and starting.exception() is not None:
+            supervisor.say(f"start-up failed: {starting.exception()}")
+            code = 1
+        else:
+            await stopper
+    finally:
+        starting.cancel()
+        stopper.cancel()
+        await asyncio.gather(starting, stopper, return_exceptions=True)
+        supervisor.say("stopping: workers, then regions, then the master")
+        await supervisor.stop()
+        await client.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        supervisor.say("stopped")
+    return code

@@ -1,0 +1,196 @@
+"""The worker's side of its region stream: take assignments, run them, report back.
+
+One persistent bidirectional stream; reconnects with capped, jittered backoff. Events
+wait in an ordered buffer while the stream is down and go out on the next one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+
+import grpc
+
+from common.batching import Batcher
+from common.settings import WorkerSettings
+from proto import strata_pb2 as pb
+from proto import strata_pb2_grpc as rpc
+from worker.runner import Runner
+
+logger = logging.getLogger(__name__)
+
+Ref = tuple[str, int]
+RECONNECT_MIN_S = 0.05
+RECONNECT_MAX_S = 5.0
+EVENT_BATCH = 1000
+
+
+class NotConnected(Exception):
+    pass
+
+
+class Agent:
+    def __init__(self, settings: WorkerSettings, runner: Runner, worker_id: str) -> None:
+        self.id = worker_id
+        self._settings = settings
+        self._runner = runner
+        self._running: dict[Ref, asyncio.Task[None]] = {}
+        self._call: grpc.aio.StreamStreamCall[pb.WorkerMessage, pb.RegionMessage] | None = None
+        self._write_lock = asyncio.Lock()
+        self.events: Batcher[pb.TaskEvent] = Batcher(
+            self._send_events, max_size=EVENT_BATCH,
+            limit=max(4 * settings.concurrency, EVENT_BATCH), retry_delay=0.05, name="events",
+        )
+        self.health_address = ""
+        self.connected = False
+        self.draining = False
+        self.completed = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._settings.concurrency
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # ---- the stream -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        delay = RECONNECT_MIN_S
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except grpc.aio.AioRpcError as exc:
+                logger.warning(
+                    "region link lost: %s %s", exc.code().name, exc.details(),
+                    extra={"action": "region_link_lost", "worker": self.id},
+                )
+            finally:
+                self.connected = False
+                self._call = None
+            if time.monotonic() - started > RECONNECT_MAX_S:
+                delay = RECONNECT_MIN_S  # it was up for a while: start the backoff over
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _session(self) -> None:
+        async with grpc.aio.insecure_channel(self._settings.region) as channel:
+            call = rpc.RegionStub(channel).Connect()
+            await call.write(
+                pb.WorkerMessage(
+                    hello=pb.WorkerHello(
+                        worker_id=self.id,
+                        capacity=0 if self.draining else self.capacity,
+                        health_address=self.health_address,
+                        running=[pb.TaskRef(task_id=i, attempt=a) for i, a in self._running],
+                    )
+                )
+            )
+            welcome = await call.read()
+            if welcome is grpc.aio.EOF:
+                return
+            interval = welcome.welcome.heartbeat_interval_s or (
+                self._settings.heartbeat_interval.total_seconds()
+            )
+            self._call = call
+            self.connected = True
+            logger.info(
+                "connected to region %s", self._settings.region,
+                extra={"action": "region_connected", "worker": self.id},
+            )
+            beats = asyncio.create_task(self._beat(interval), name="beats")
+            try:
+                while (message := await call.read()) is not grpc.aio.EOF:
+                    body = message.WhichOneof("body")
+                    if body == "assign":
+                        for spec in message.assign.tasks:
+                            self._start(spec)
+                    elif body == "cancel":
+                        for ref in message.cancel.tasks:
+                            task = self._running.get((ref.task_id, ref.attempt))
+                            if task is not None:
+                                task.cancel()
+            finally:
+                beats.cancel()
+                await asyncio.gather(beats, return_exceptions=True)
+
+    async def _write(self, message: pb.WorkerMessage) -> None:
+        call = self._call
+        if call is None:
+            raise NotConnected("no region stream")
+        async with self._write_lock:
+            await call.write(message)
+
+    async def _beat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self._write(
+                pb.WorkerMessage(beat=pb.WorkerBeat(running=self.running, draining=self.draining))
+            )
+
+    async def _send_events(self, events: list[pb.TaskEvent]) -> None:
+        await self._write(pb.WorkerMessage(events=pb.EventBatch(events=events)))
+
+    # ---- running tasks -------------------------------------------------------------------
+
+    def _start(self, spec: pb.TaskSpec) -> None:
+        ref = (spec.id, spec.attempt)
+        if ref in self._running:
+            return  # the region re-sent what we already run (reconnect race)
+        if self.draining or self.running >= self.capacity:
+            self.events.put_nowait(
+                pb.TaskEvent(task_id=spec.id, attempt=spec.attempt,
+                             type=pb.EVENT_TYPE_RETURNED, worker_id=self.id)
+            )
+            return
+        task = asyncio.create_task(self._execute(spec), name=f"task-{spec.id}")
+        self._running[ref] = task
+        task.add_done_callback(lambda _: self._running.pop(ref, None))
+
+    async def _execute(self, spec: pb.TaskSpec) -> None:
+        started_at = time.time()
+        self.events.put_nowait(
+            pb.TaskEvent(task_id=spec.id, attempt=spec.attempt, type=pb.EVENT_TYPE_STARTED,
+                         worker_id=self.id, started_at=started_at)
+        )
+        try:
+            outcome = await self._runner.run(spec.kind, spec.payload_json, spec.timeout_s)
+        except asyncio.CancelledError:
+            if self.draining:
+                # Interrupted by shutdown: hand it back to run again elsewhere.
+                self.events.put_nowait(
+                    pb.TaskEvent(task_id=spec.id, attempt=spec.attempt,
+                                 type=pb.EVENT_TYPE_RETURNED, worker_id=self.id)
+                )
+            raise
+        self.completed += 1
+        self.events.put_nowait(
+            pb.TaskEvent(
+                task_id=spec.id, attempt=spec.attempt,
+                type=pb.EVENT_TYPE_SUCCEEDED if outcome.ok else pb.EVENT_TYPE_FAILED,
+                worker_id=self.id, started_at=started_at, finished_at=time.time(),
+                has_exit_code=outcome.exit_code is not None, exit_code=outcome.exit_code or 0,
+                output=outcome.output, error=outcome.error or "",
+            )
+        )
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking work, let running tasks finish within the grace, return the rest."""
+        self.draining = True
+        if self._call is not None:
+            # Best effort: if the stream is down the region learns it from the hello.
+            with contextlib.suppress(grpc.aio.AioRpcError, NotConnected,
+                                     asyncio.InvalidStateError):
+                await self._write(
+                    pb.WorkerMessage(beat=pb.WorkerBeat(running=self.running, draining=True))
+                )
+        pending = list(self._running.values())
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)

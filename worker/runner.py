@@ -1,0 +1,261 @@
+"""Runs one task of any kind and reports what happened as an ``Outcome``.
+
+A failing task is an outcome, not an exception: ``run`` raises only ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import signal
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from common.kinds import (
+    HttpPayload,
+    NoopPayload,
+    Payload,
+    PythonPayload,
+    ShellPayload,
+    SleepPayload,
+    parse_payload,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_LIMIT = 64 * 1024
+READ_CHUNK = 64 * 1024
+# How long a killed process group gets to close its pipe before we stop waiting for it.
+REAP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    ok: bool
+    exit_code: int | None
+    output: str
+    error: str | None
+
+
+class _Tail:
+    """The last ``limit`` bytes of a stream, kept bounded while it is read."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buffer = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self._buffer += data
+        excess = len(self._buffer) - self._limit
+        if excess > 0:
+            del self._buffer[:excess]
+
+    def add_text(self, text: str) -> None:
+        self.add(text.encode("utf-8", errors="replace"))
+
+    async def read_from(self, stream: asyncio.StreamReader | aiohttp.StreamReader) -> None:
+        while chunk := await stream.read(READ_CHUNK):
+            self.add(chunk)
+
+    def text(self) -> str:
+        decoded = bytes(self._buffer).decode("utf-8", errors="replace")
+        # A replacement character takes three bytes: cut again to keep the byte bound,
+        # dropping a character split by the cut.
+        encoded = decoded.encode("utf-8")
+        return encoded[max(0, len(encoded) - self._limit) :].decode("utf-8", errors="ignore")
+
+
+class Runner:
+    def __init__(
+        self, *, python_modules: Sequence[str], output_limit: int = DEFAULT_OUTPUT_LIMIT
+    ) -> None:
+        self._python_modules = tuple(python_modules)
+        self._output_limit = output_limit
+        self._session: aiohttp.ClientSession | None = None
+
+    async def run(self, kind: str, payload_json: str, timeout_s: float) -> Outcome:
+        """Run a task; ``timeout_s`` of zero or less means no timeout."""
+        try:
+            payload = parse_payload(kind, json.loads(payload_json))
+        except KeyError:
+            logger.warning(
+                "unknown task kind %s", kind, extra={"action": "payload_rejected", "kind": kind}
+            )
+            return _failed(f"unknown task kind {kind!r}")
+        except ValueError as exc:  # JSONDecodeError and pydantic's ValidationError both are
+            logger.warning(
+                "rejected %s payload: %s", kind, exc,
+                extra={"action": "payload_rejected", "kind": kind},
+            )
+            return _failed(f"invalid {kind} payload: {_one_line(exc)}")
+
+        tail = _Tail(self._output_limit)
+        deadline = asyncio.timeout(timeout_s if timeout_s > 0 else None)
+        try:
+            async with deadline:
+                return await self._run_kind(payload, tail)
+        except TimeoutError as exc:
+            if not deadline.expired():  # raised by the task itself, not our deadline
+                return _crashed(kind, exc, tail)
+            logger.info(
+                "%s task timed out after %ss", kind, timeout_s,
+                extra={"action": "task_timed_out", "kind": kind},
+            )
+            return _failed(f"timed out after {timeout_s}s", output=tail.text())
+        except asyncio.CancelledError:
+            logger.info("%s task cancelled", kind, extra={"action": "task_cancelled", "kind": kind})
+            raise
+        except Exception as exc:
+            return _crashed(kind, exc, tail)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def _run_kind(self, payload: Payload, tail: _Tail) -> Outcome:
+        match payload:
+            case ShellPayload():
+                return await self._run_shell(payload, tail)
+            case HttpPayload():
+                return await self._run_http(payload, tail)
+            case PythonPayload():
+                return await self._run_python(payload, tail)
+            case SleepPayload():
+                await asyncio.sleep(payload.seconds)
+                return Outcome(ok=True, exit_code=None, output="", error=None)
+            case NoopPayload():
+                return Outcome(ok=True, exit_code=None, output="", error=None)
+        raise TypeError(f"no runner for {type(payload).__name__}")
+
+    async def _run_shell(self, payload: ShellPayload, tail: _Tail) -> Outcome:
+        process = await _spawn_shell(payload.command, tail)
+        assert process.stdout is not None
+        try:
+            await tail.read_from(process.stdout)
+            code = await process.wait()
+        except BaseException:
+            # Timed out or cancelled: kill the whole group, children that outlived the
+            # shell and still hold the pipe included.
+            await _kill_group(process, tail)
+            raise
+        if code == 0:
+            return Outcome(ok=True, exit_code=0, output=tail.text(), error=None)
+        reason = f"exited with code {code}" if code > 0 else f"killed by signal {-code}"
+        return Outcome(ok=False, exit_code=code, output=tail.text(), error=reason)
+
+    async def _run_http(self, payload: HttpPayload, tail: _Tail) -> Outcome:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(),  # run() enforces each task's own deadline
+                cookie_jar=aiohttp.DummyCookieJar(),  # tasks must not share cookies
+            )
+        try:
+            async with self._session.request(
+                payload.method, payload.url, headers=payload.headers, data=payload.body
+            ) as response:
+                await tail.read_from(response.content)
+        except aiohttp.ClientError as exc:
+            return _failed(f"request failed: {type(exc).__name__}: {_one_line(exc)}")
+        status = response.status
+        ok = 200 <= status < 300
+        error = None if ok else f"HTTP {status} {response.reason or ''}".rstrip()
+        return Outcome(ok=ok, exit_code=status, output=tail.text(), error=error)
+
+    async def _run_python(self, payload: PythonPayload, tail: _Tail) -> Outcome:
+        module_name, _, function_name = payload.handler.partition(":")
+        if not any(
+            module_name == allowed or module_name.startswith(allowed + ".")
+            for allowed in self._python_modules
+        ):
+            logger.warning(
+                "python handler %s refused", payload.handler,
+                extra={"action": "python_handler_refused", "handler": payload.handler},
+            )
+            return _failed(f"module {module_name!r} is not allowed")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # whatever the module raises while it is imported
+            return _failed(f"cannot import {module_name}: {type(exc).__name__}: {exc}")
+        function = getattr(module, function_name, None)
+        if not callable(function):
+            return _failed(f"{payload.handler} is not a callable")
+
+        args: list[Any] = payload.args if isinstance(payload.args, list) else []
+        kwargs: dict[str, Any] = payload.args if isinstance(payload.args, dict) else {}
+        try:
+            if inspect.iscoroutinefunction(function):
+                value = await function(*args, **kwargs)
+            else:
+                # A sync handler runs in a thread. A thread cannot be killed: when its
+                # task times out or is cancelled, the handler runs on to its end.
+                value = await asyncio.to_thread(function, *args, **kwargs)
+            tail.add_text(json.dumps(value, default=str))
+        except Exception as exc:
+            tail.add_text(traceback.format_exc())
+            return _failed(f"{type(exc).__name__}: {exc}", output=tail.text())
+        return Outcome(ok=True, exit_code=None, output=tail.text(), error=None)
+
+
+async def _spawn_shell(command: str, tail: _Tail) -> asyncio.subprocess.Process:
+    spawning = asyncio.create_task(
+        asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so one kill reaches every child
+        ),
+        name="spawn_shell",
+    )
+    try:
+        return await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        # The shell may already be running its command, and a cancelled spawn would
+        # kill the shell alone: finish the spawn so that its whole group can be killed.
+        await asyncio.wait([spawning])
+        if spawning.exception() is None:
+            await _kill_group(spawning.result(), tail)
+        raise
+
+
+async def _kill_group(process: asyncio.subprocess.Process, tail: _Tail) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+        os.killpg(process.pid, signal.SIGKILL)
+    # asyncio reports the exit only once the pipe is closed, so drain it before waiting;
+    # a grandchild that left the group could hold it open forever, hence the grace.
+    try:
+        async with asyncio.timeout(REAP_GRACE_S):
+            if process.stdout is not None:
+                await tail.read_from(process.stdout)
+            await process.wait()
+    except TimeoutError:
+        logger.warning(
+            "process group %s still holds its pipe after SIGKILL", process.pid,
+            extra={"action": "process_reap_abandoned", "pid": process.pid},
+        )
+
+
+def _failed(error: str, *, output: str = "") -> Outcome:
+    return Outcome(ok=False, exit_code=None, output=output, error=error)
+
+
+def _crashed(kind: str, exc: Exception, tail: _Tail) -> Outcome:
+    logger.error(
+        "%s task failed in the runner", kind,
+        exc_info=exc, extra={"action": "task_runner_failed", "kind": kind},
+    )
+    return _failed(f"{type(exc).__name__}: {exc}", output=tail.text())
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
