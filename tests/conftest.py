@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -55,22 +58,23 @@ async def execute(url: str, *statements: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[EmbeddedPostgres | ExternalPostgres]:
+def postgres() -> Iterator[EmbeddedPostgres | ExternalPostgres]:
     """Our own fast (fsync off) server on a free port, or STRATA_TEST_DATABASE_URL's."""
     external = os.environ.get("STRATA_TEST_DATABASE_URL")
     if external:
         yield ExternalPostgres(external)
         return
-    server = EmbeddedPostgres(
-        tmp_path_factory.mktemp("postgres") / "data", port=free_port(), fast=True
-    )
+    # Not under pytest's own temp tree: a pytest session that starts meanwhile sets it
+    # back to 0700, and the server runs as another user when we are root.
+    home = Path(tempfile.mkdtemp(prefix="strata-test-pg-"))
+    home.chmod(0o755)
+    server = EmbeddedPostgres(home / "data", port=free_port(), fast=True)
     try:
         server.start()
         yield server
     finally:
         server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,7 @@ class Runner:
                 "unknown task kind %s", kind, extra={"action": "payload_rejected", "kind": kind}
             )
             return _failed(f"unknown task kind {kind!r}")
-        except ValueError as exc:  # JSONDecodeError and pydantic's ValidationError both are
+        except ValueError as exc:  # both JSONDecodeError and pydantic's ValidationError
             logger.warning(
                 "rejected %s payload: %s", kind, exc,
                 extra={"action": "payload_rejected", "kind": kind},

@@ -1,0 +1,146 @@
+"""Real ``strata`` processes for end-to-end tests (and benchmarks): a master, regions
+and workers, each a child process that can be killed or added while the test runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.client import Client
+from topologies.postgres import free_port
+
+FAST_TIMINGS = {
+    "STRATA_HEARTBEAT_INTERVAL": "0.2",
+    "STRATA_WORKER_DEAD_AFTER": "1",
+    "STRATA_REGION_DEAD_AFTER": "2",
+    "STRATA_SCAN_INTERVAL": "0.5",
+    "STRATA_LOG_LEVEL": "INFO",
+}
+READY_TIMEOUT_S = 30.0
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[Any]], *, timeout_s: float = 20.0, what: str = "condition"
+) -> Any:
+    """Poll an observable condition until it holds (returns its truthy value)."""
+    last: Any = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                last = await check()
+                if last:
+                    return last
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last={last!r}")\
+            from None
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    database_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    region_ports: dict[str, int] = field(default_factory=dict)
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def client(self) -> Client:
+        return Client(self.api, timeout_s=30)
+
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, **FAST_TIMINGS, **self.env, **(extra_env or {}),
+               "STRATA_DATABASE_URL": self.database_url, "PYTHONUNBUFFERED": "1"}
+        log = (self.workdir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "topologies.cli", *args], env=env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
+
+    # ---- starting -------------------------------------------------------------------
+
+    async def start_master(self) -> None:
+        self._spawn("master", ["master", "--http-port", str(self.http_port),
+                               "--grpc-port", str(self.grpc_port)])
+        async with self.client() as c:
+            await wait_until(lambda: _ok(c.request("GET", "/readyz")),
+                             timeout_s=READY_TIMEOUT_S, what="master ready")
+
+    async def start_region(self, name: str, **env: str) -> None:
+        port = self.region_ports.setdefault(name, free_port())
+        self._spawn(name, ["regional", "--name", name, "--grpc-port", str(port),
+                           "--master", f"127.0.0.1:{self.grpc_port}"], env)
+        async with self.client() as c:
+            await wait_until(lambda: _region_up(c, name), timeout_s=READY_TIMEOUT_S,
+                             what=f"region {name} up")
+
+    async def start_worker(self, region: str, worker_id: str, *, concurrency: int = 4,
+                           wait: bool = True, **env: str) -> None:
+        self._spawn(worker_id, ["worker", "--region", f"127.0.0.1:{self.region_ports[region]}",
+                                "--concurrency", str(concurrency), "--http-port", "0",
+                                "--id", worker_id], env)
+        if wait:
+            async with self.client() as c:
+                await wait_until(lambda: _worker_up(c, worker_id), timeout_s=READY_TIMEOUT_S,
+                                 what=f"worker {worker_id} up")
+
+    # ---- stopping -------------------------------------------------------------------
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM everyone (workers first), then SIGKILL whatever is left."""
+        order = sorted(self.procs, key=lambda n: (n == "master", n in self.region_ports))
+        for name in order:
+            if self.procs[name].poll() is None:
+                self.procs[name].send_signal(signal.SIGTERM)
+        for name in order:
+            try:
+                self.procs[name].wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.procs[name].kill()
+                self.procs[name].wait()
+
+
+async def _ok(aw: Awaitable[Any]) -> bool:
+    try:
+        await aw
+    except Exception:
+        return False
+    return True
+
+
+async def _region_up(c: Client, name: str) -> bool:
+    try:
+        regions = await c.regions()
+    except Exception:
+        return False
+    return any(r["name"] == name and r["state"] == "up" for r in regions)
+
+
+async def _worker_up(c: Client, worker_id: str) -> bool:
+    try:
+        workers = await c.workers()
+    except Exception:
+        return False
+    return any(w["id"] == worker_id and w["state"] == "up" for w in workers)

@@ -1,0 +1,172 @@
+"""The core path on real processes: REST → PostgreSQL → master → region → worker → back."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.e2e.cluster import Cluster, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def test_scheduled_task_succeeds_and_status_has_timestamps(cluster: Cluster) -> None:
+    await cluster.start_master()
+    await cluster.start_region("east")
+    await cluster.start_worker("east", "east-w1")
+    async with cluster.client() as c:
+        scheduled = await c.request(
+            "POST", "/schedule", json={"command": "echo hi", "scheduled_at": datetime.now(UTC)
+                                       .isoformat()}
+        )
+        task = await c.wait(scheduled["task_id"], timeout_s=20)
+        assert task["state"] == "succeeded"
+        assert task["result"]["exit_code"] == 0
+        assert task["result"]["output"] == "hi\n"
+        status = await c.request("GET", "/status", params={"task_id": scheduled["task_id"]})
+        for key in ("picked_at", "started_at", "completed_at"):
+            assert key in status, status
+        assert "failed_at" not in status
+        assert _at(status["picked_at"]) <= _at(status["started_at"]) <= \
+            _at(status["completed_at"])
+
+
+async def test_failed_command_ends_failed_with_exit_code(cluster: Cluster) -> None:
+    await cluster.start_master()
+    await cluster.start_region("east")
+    await cluster.start_worker("east", "east-w1")
+    async with cluster.client() as c:
+        created = await c.create(kind="shell", command="echo oops >&2; exit 7")
+        task = await c.wait(created["id"], timeout_s=20)
+        assert task["state"] == "failed"
+        assert task["result"]["exit_code"] == 7
+        assert "oops" in task["result"]["output"]
+        status = await c.request("GET", "/status/", params={"task_id": created["id"]})
+        assert "failed_at" in status and "completed_at" not in status
+
+
+async def test_task_waits_without_workers_then_runs_when_one_joins(cluster: Cluster) -> None:
+    await cluster.start_master()
+    await cluster.start_region("east")
+    async with cluster.client() as c:
+        created = await c.create(kind="noop")
+        # Let the region report its (empty) capacity twice: the task must still wait.
+        first = next(r for r in await c.regions() if r["name"] == "east")["last_heartbeat"]
+
+        async def two_beats_later() -> bool:
+            now = next(r for r in await c.regions() if r["name"] == "east")["last_heartbeat"]
+            return _at(now) >= _at(first) + timedelta(seconds=0.35)
+
+        await wait_until(two_beats_later, what="two region heartbeats")
+        assert (await c.get(created["id"]))["state"] == "pending"
+        await cluster.start_worker("east", "east-w1")
+        task = await c.wait(created["id"], timeout_s=20)
+        assert task["state"] == "succeeded"
+        assert task["worker_id"] == "east-w1"
+
+
+async def test_killed_worker_is_evicted_and_its_tasks_finish_on_the_survivor(
+    cluster: Cluster,
+) -> None:
+    await cluster.start_master()
+    await cluster.start_region("east")
+    await cluster.start_worker("east", "east-w1", concurrency=4)
+    await cluster.start_worker("east", "east-w2", concurrency=4)
+    async with cluster.client() as c:
+        # Long enough to be running on both workers when one is killed.
+        ids = [(await c.create(kind="sleep", seconds=1.5))["id"] for _ in range(4)]
+
+        async def all_running() -> bool:
+            return all([(await c.get(i))["state"] == "running" for i in ids])
+
+        await wait_until(all_running, what="four tasks running")
+        on_w1 = [i for i in ids if (await c.get(i))["worker_id"] == "east-w1"]
+        assert on_w1, "round-robin should have put some on east-w1"
+        cluster.kill("east-w1", signal.SIGKILL)
+
+        async def evicted() -> bool:
+            return [w["id"] for w in await c.workers()] == ["east-w2"]
+
+        await wait_until(evicted, what="east-w1 evicted")
+        for task_id in ids:
+            task = await c.wait(task_id, timeout_s=30)
+            assert task["state"] == "succeeded"
+            assert task["worker_id"] == "east-w2" or task_id not in on_w1
+        later = [(await c.create(kind="noop"))["id"] for _ in range(10)]
+        finished = [await c.wait(i, timeout_s=20) for i in later]
+        assert {t["worker_id"] for t in finished} == {"east-w2"}
+        assert all(t["state"] == "succeeded" for t in finished)
+
+
+async def test_tasks_spread_evenly_round_robin_over_workers(cluster: Cluster) -> None:
+    await cluster.start_master()
+    await cluster.start_region("east")
+    for n in (1, 2, 3):
+        await cluster.start_worker("east", f"east-w{n}", concurrency=8)
+    async with cluster.client() as c:
+        ids = await c.create_batch([{"kind": "noop"} for _ in range(60)])
+        finished = [await c.wait(i, timeout_s=30) for i in ids]
+    per_worker = Counter(t["worker_id"] for t in finished)
+    assert set(per_worker) == {"east-w1", "east-w2", "east-w3"}
+    assert max(per_worker.values()) - min(per_worker.values()) <= 1, per_worker
+
+
+async def test_task_scheduled_ahead_starts_on_time(cluster: Cluster) -> None:
+    await cluster.start_master()
+    await cluster.start_region("east")
+    await cluster.start_worker("east", "east-w1")
+    async with cluster.client() as c:
+        run_at = datetime.now(UTC) + timedelta(seconds=2)
+        created = await c.create(kind="noop", run_at=run_at.isoformat())
+        assert (await c.get(created["id"]))["state"] == "pending"
+        task = await c.wait(created["id"], timeout_s=20)
+    started = _at(task["started_at"])
+    assert started >= run_at, "started early"
+    assert started - run_at < timedelta(seconds=1), f"late by {started - run_at}"
+
+
+async def test_priorities_order_claims(cluster: Cluster) -> None:
+    await cluster.start_master()
+    # One slot and no queue: the order of claims is the order of runs.
+    await cluster.start_region("east", STRATA_QUEUE_FACTOR="0")
+    await cluster.start_worker("east", "east-w1", concurrency=1)
+    async with cluster.client() as c:
+        blocker = await c.create(kind="sleep", seconds=1)
+        await wait_until(lambda: _state_is(c, blocker["id"], "running"), what="blocker running")
+        ids = {}
+        for priority in (1, 5, -3, 10, 0):
+            ids[priority] = (await c.create(kind="noop", priority=priority))["id"]
+        finished = {p: await c.wait(i, timeout_s=30) for p, i in ids.items()}
+    order = sorted(finished, key=lambda p: _at(finished[p]["started_at"]))
+    assert order == [10, 5, 1, 0, -3]
+
+
+async def test_pinned_tasks_run_in_their_region(cluster: Cluster) -> None:
+    await cluster.start_master()
+    for region in ("east", "west"):
+        await cluster.start_region(region)
+        await cluster.start_worker(region, f"{region}-w1")
+    async with cluster.client() as c:
+        east = await c.create_batch([{"kind": "noop", "region": "east"} for _ in range(10)])
+        west = await c.create_batch([{"kind": "noop", "region": "west"} for _ in range(10)])
+        free = await c.create_batch([{"kind": "noop"} for _ in range(40)])
+        for ids, region in ((east, "east"), (west, "west")):
+            for task_id in ids:
+                task = await c.wait(task_id, timeout_s=20)
+                assert task["region"] == region and task["worker_id"] == f"{region}-w1"
+        unpinned = Counter([(await c.wait(i, timeout_s=20))["region"] for i in free])
+    assert set(unpinned) == {"east", "west"}, unpinned
+
+
+async def _state_is(c: object, task_id: str, state: str) -> bool:
+    from common.client import Client
+
+    assert isinstance(c, Client)
+    return bool((await c.get(task_id))["state"] == state)
