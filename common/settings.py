@@ -45,8 +45,8 @@ class _Base(BaseSettings):
 
 class MasterSettings(_Base):
     database_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("database_url", "STRATA_DATABASE_URL",
-                                                    "DATABASE_URL"))
+        default=None, validation_alias=AliasChoices("STRATA_DATABASE_URL", "DATABASE_URL",
+                                                    "database_url"))
     http_host: str = "127.0.0.1"
     http_port: int = DEFAULT_HTTP_PORT
     grpc_host: str = "127.0.0.1"
@@ -93,8 +93,8 @@ class UpSettings(_Base):
     """What ``strata up`` needs beyond the topology file."""
 
     database_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("database_url", "STRATA_DATABASE_URL",
-                                                    "DATABASE_URL"))
+        default=None, validation_alias=AliasChoices("STRATA_DATABASE_URL", "DATABASE_URL",
+                                                    "database_url"))
     data_dir: Path = Path("~/.local/share/strata")
 
     @field_validator("data_dir")

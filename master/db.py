@@ -73,11 +73,10 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LiveRegion:
+class RegionRoom:
     name: str
     address: str
-    capacity: int
-    max_outstanding: int
+    room: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,18 +243,9 @@ class Database:
         return value
 
     @_wrap
-    async def inflight_by_region(self) -> dict[str, int]:
-        rows = await self._pool.fetch(Q["inflight_by_region"])
-        return {r["region"]: r["n"] for r in rows if r["region"] is not None}
-
-    @_wrap
-    async def live_regions(self, dead_after: timedelta) -> list[LiveRegion]:
-        rows = await self._pool.fetch(Q["live_regions"], dead_after.total_seconds())
-        return [
-            LiveRegion(name=r["name"], address=r["address"], capacity=r["capacity"],
-                       max_outstanding=r["max_outstanding"])
-            for r in rows
-        ]
+    async def region_room(self, dead_after: timedelta) -> list[RegionRoom]:
+        rows = await self._pool.fetch(Q["region_room"], dead_after.total_seconds())
+        return [RegionRoom(name=r["name"], address=r["address"], room=r["room"]) for r in rows]
 
     @_wrap
     async def return_to_pending(self, refs: Sequence[tuple[uuid.UUID, int]]) -> int:

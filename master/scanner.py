@@ -15,7 +15,7 @@ import grpc
 
 from common.settings import MasterSettings
 from common.timeutil import to_unix, utcnow
-from master.db import Claimed, Database, LiveRegion
+from master.db import Claimed, Database, RegionRoom
 from master.regions import RegionClients
 from proto import strata_pb2 as pb
 
@@ -55,30 +55,26 @@ class Scanner:
         return max(timeout, 0.001)
 
     async def scan_once(self) -> int:
-        regions = await self._db.live_regions(self._settings.region_dead_after)
-        if not regions:
-            return 0
-        inflight = await self._db.inflight_by_region()
-        shares = []
-        for region in regions:
-            free = region.max_outstanding - inflight.get(region.name, 0)
-            if free > 0:
-                limit = min(free, self._settings.claim_batch)
-                shares.append(self._claim_and_delegate(region, limit))
+        regions = await self._db.region_room(self._settings.region_dead_after)
+        shares = [
+            self._claim_and_delegate(region, min(region.room, self._settings.claim_batch))
+            for region in regions
+            if region.room > 0
+        ]
         if not shares:
             return 0
         sent = sum(await asyncio.gather(*shares))
         self.dispatched_total += sent
         return sent
 
-    async def _claim_and_delegate(self, region: LiveRegion, limit: int) -> int:
+    async def _claim_and_delegate(self, region: RegionRoom, limit: int) -> int:
         claimed = await self._db.claim(region.name, limit)
         if not claimed:
             return 0
         accepted = await self._delegate(region, claimed)
         return accepted
 
-    async def _delegate(self, region: LiveRegion, claimed: list[Claimed]) -> int:
+    async def _delegate(self, region: RegionRoom, claimed: list[Claimed]) -> int:
         lease_until = to_unix(utcnow() + self._settings.lease)
         request = pb.DelegateRequest(
             tasks=[

@@ -28,17 +28,19 @@ RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.pr
 -- name: next_due
 SELECT min(run_at) FROM tasks WHERE state = 'pending';
 
--- name: inflight_by_region
-SELECT assigned_region AS region, count(*) AS n
-FROM tasks
-WHERE state IN ('dispatched', 'running')
-GROUP BY assigned_region;
-
--- name: live_regions
-SELECT name, address, capacity, max_outstanding
-FROM regions
-WHERE state = 'up' AND last_heartbeat > now() - $1::float8 * interval '1 second'
-ORDER BY name;
+-- name: region_room
+-- Live regions and how many more tasks each will take: what it advertised it holds at
+-- most, less what is already dispatched to it or running there.
+SELECT r.name, r.address, r.max_outstanding - coalesce(i.n, 0) AS room
+FROM regions AS r
+LEFT JOIN (
+    SELECT assigned_region, count(*) AS n
+    FROM tasks
+    WHERE state IN ('dispatched', 'running')
+    GROUP BY assigned_region
+) AS i ON i.assigned_region = r.name
+WHERE r.state = 'up' AND r.last_heartbeat > now() - $1::float8 * interval '1 second'
+ORDER BY r.name;
 
 -- name: return_to_pending
 -- Attempts that never started (undeliverable batch, a region handing work back).

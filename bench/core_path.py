@@ -1,0 +1,166 @@
+"""Core-path figures on this machine: 1 master, 2 regions x 2 workers, real processes.
+
+- ingest: tasks/s accepted by POST /v1/tasks/batch (10,000 per call)
+- throughput: noop tasks/s from a backlog that comes due at one instant, to all succeeded
+- latency: due -> started p50/p99 at a light steady load (tasks due the moment they are sent)
+
+Run: python -m bench.core_path [--backlog 50000] [--concurrency 32] [--durable]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+from tests.e2e.cluster import Cluster, wait_until
+from topologies.postgres import EmbeddedPostgres, free_port
+
+BATCH = 10_000
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def ingest(cluster: Cluster, total: int, run_at: datetime) -> float:
+    async with cluster.client() as c:
+        body = [{"kind": "noop", "run_at": run_at.isoformat()} for _ in range(BATCH)]
+        began = time.perf_counter()
+        for _ in range(total // BATCH):
+            await c.create_batch(body)
+        return total / (time.perf_counter() - began)
+
+
+async def drain_time(db_url: str, total: int, due: datetime) -> tuple[float, float]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        async def done() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM tasks WHERE state = 'succeeded' AND run_at = $1", due)
+            return bool(n >= total)
+
+        await wait_until(done, timeout_s=600, what="backlog drained")
+        last = await conn.fetchval("SELECT max(finished_at) FROM tasks WHERE run_at = $1", due)
+        first = await conn.fetchval("SELECT min(picked_at) FROM tasks WHERE run_at = $1", due)
+    finally:
+        await conn.close()
+    return (last - due).total_seconds(), (last - first).total_seconds()
+
+
+async def latency(cluster: Cluster, db_url: str, rate: float, seconds: float) -> list[float]:
+    async with cluster.client() as c:
+        ids = []
+        began = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            ids.append((await c.create(kind="noop"))["id"])
+            pause = began + (i + 1) / rate - time.perf_counter()
+            if pause > 0:
+                await asyncio.sleep(pause)
+        for task_id in ids:
+            await c.wait(task_id, timeout_s=60, poll_s=0.05)
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT extract(epoch FROM started_at - run_at) * 1000 AS ms FROM tasks "
+            "WHERE id = any($1::uuid[])", ids,
+        )
+    finally:
+        await conn.close()
+    return [float(r["ms"]) for r in rows]
+
+
+def _cpu(cluster: Cluster, pg: EmbeddedPostgres) -> dict[str, float]:
+    """CPU seconds used so far by each process of the cluster, and PostgreSQL's in all."""
+    out: dict[str, float] = {}
+    for name, proc in cluster.procs.items():
+        t = psutil.Process(proc.pid).cpu_times()
+        out[name] = t.user + t.system
+    total = 0.0
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] == "postgres":
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+    out["postgres"] = total
+    return out
+
+
+def _start_postgres(durable: bool) -> tuple[Path, EmbeddedPostgres]:
+    home = Path(tempfile.mkdtemp(prefix="strata-bench-"))
+    home.chmod(0o755)  # the server runs as another user when we are root
+    pg = EmbeddedPostgres(home / "pg", port=free_port(), fast=not durable)
+    pg.start()
+    return home, pg
+
+
+async def main(args: argparse.Namespace) -> None:
+    home, pg = await asyncio.to_thread(_start_postgres, args.durable)
+    try:
+        conn = await asyncpg.connect(pg.url)
+        await conn.execute("CREATE DATABASE bench")
+        await conn.close()
+        url = pg.url_for("bench")
+        cluster = Cluster(workdir=home, database_url=url,
+                          env={"STRATA_LOG_LEVEL": "WARNING", "STRATA_HEARTBEAT_INTERVAL": "1",
+                               "STRATA_WORKER_DEAD_AFTER": "3", "STRATA_REGION_DEAD_AFTER": "5"})
+        try:
+            await cluster.start_master()
+            for region in ("r1", "r2"):
+                await cluster.start_region(region)
+                for w in (1, 2):
+                    await cluster.start_worker(region, f"{region}-w{w}",
+                                               concurrency=args.concurrency)
+            print(f"cluster: 1 master, 2 regions x 2 workers, concurrency {args.concurrency}"
+                  f" per worker, PostgreSQL {'durable' if args.durable else 'fsync off'}")
+
+            # Latency first, on an idle cluster with an empty table.
+            lat = await latency(cluster, url, args.rate, args.seconds)
+            print(f"latency due->started at {args.rate:.0f} tasks/s for {args.seconds:.0f}s: "
+                  f"p50 {_pct(lat, 0.5):.1f} ms  p99 {_pct(lat, 0.99):.1f} ms  "
+                  f"max {max(lat):.1f} ms  (n={len(lat)})")
+
+            due = datetime.now(UTC) + timedelta(seconds=args.lead)
+            rate = await ingest(cluster, args.backlog, due)
+            print(f"ingest /v1/tasks/batch ({BATCH} per call): {rate:,.0f} tasks/s")
+            wait = (due - datetime.now(UTC)).total_seconds()
+            if wait < 0:
+                print("warning: the backlog came due before it was all inserted; raise --lead")
+            before = _cpu(cluster, pg)
+            since_due, since_first = await drain_time(url, args.backlog, due)
+            after = _cpu(cluster, pg)
+            print(f"throughput end to end, {args.backlog:,} noop tasks due at once: "
+                  f"{args.backlog / since_due:,.0f} tasks/s "
+                  f"(drained in {since_due:.2f}s after due; first claim to last result "
+                  f"{since_first:.2f}s)")
+            spent = {k: after[k] - before.get(k, 0.0) for k in after}
+            print("CPU seconds during the drain: " + ", ".join(
+                f"{k} {v:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1])))
+            print(f"mean latency {statistics.mean(lat):.1f} ms")
+        finally:
+            cluster.stop()
+    finally:
+        pg.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--backlog", type=int, default=50_000)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--rate", type=float, default=50)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--lead", type=float, default=20, help="seconds until the backlog is due")
+    p.add_argument("--durable", action="store_true", help="fsync on (production settings)")
+    asyncio.run(main(p.parse_args()))

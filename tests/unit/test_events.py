@@ -1,0 +1,143 @@
+"""split_events: a region's report becomes started / finished / returned at the edge."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from master.service import split_events
+from proto import strata_pb2 as pb
+
+T0 = 1_900_000_000.0  # 2030-03-17, unix seconds
+
+
+def event(task_id: uuid.UUID, type_: int, attempt: int = 1, **fields: object) -> pb.TaskEvent:
+    return pb.TaskEvent(task_id=str(task_id), attempt=attempt, type=type_,
+                        worker_id="w-1", **fields)
+
+
+def at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def test_started_alone_is_kept():
+    task = uuid.uuid4()
+    report = split_events([event(task, pb.EVENT_TYPE_STARTED, attempt=3, started_at=T0)])
+    assert report.finished == []
+    assert report.returned == []
+    [started] = report.started
+    assert (started.id, started.attempt, started.worker_id) == (task, 3, "w-1")
+    assert started.started_at == at(T0)
+    assert started.started_at.tzinfo is not None
+
+
+def test_started_and_finished_in_one_batch_keep_only_the_result():
+    task = uuid.uuid4()
+    report = split_events([
+        event(task, pb.EVENT_TYPE_STARTED, started_at=T0),
+        event(task, pb.EVENT_TYPE_SUCCEEDED, started_at=T0, finished_at=T0 + 2,
+              has_exit_code=True, exit_code=0, output="hello"),
+    ])
+    assert report.started == []
+    [finished] = report.finished
+    assert finished.id == task
+    assert finished.ok is True
+    assert finished.started_at == at(T0)
+    assert finished.finished_at == at(T0 + 2)
+    assert finished.exit_code == 0
+    assert finished.output == "hello"
+    assert finished.error is None
+
+
+def test_a_started_of_another_attempt_is_not_suppressed():
+    task = uuid.uuid4()
+    report = split_events([
+        event(task, pb.EVENT_TYPE_FAILED, attempt=1, started_at=T0, finished_at=T0 + 1),
+        event(task, pb.EVENT_TYPE_STARTED, attempt=2, started_at=T0 + 5),
+    ])
+    assert [(s.id, s.attempt) for s in report.started] == [(task, 2)]
+    assert [(f.id, f.attempt) for f in report.finished] == [(task, 1)]
+
+
+def test_events_of_several_tasks_are_sorted_apart():
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    report = split_events([
+        event(a, pb.EVENT_TYPE_STARTED, started_at=T0),
+        event(b, pb.EVENT_TYPE_STARTED, started_at=T0),
+        event(c, pb.EVENT_TYPE_RETURNED),
+        event(b, pb.EVENT_TYPE_SUCCEEDED, started_at=T0, finished_at=T0 + 1),
+    ])
+    assert [s.id for s in report.started] == [a]
+    assert [f.id for f in report.finished] == [b]
+    assert report.returned == [(c, 1)]
+
+
+def test_returned_suppresses_the_started_of_the_same_attempt():
+    task = uuid.uuid4()
+    report = split_events([
+        event(task, pb.EVENT_TYPE_STARTED, attempt=2, started_at=T0),
+        event(task, pb.EVENT_TYPE_RETURNED, attempt=2),
+    ])
+    assert report.returned == [(task, 2)]
+    assert report.started == []
+    assert report.finished == []
+
+
+def test_returned_keeps_the_started_of_another_attempt():
+    task = uuid.uuid4()
+    report = split_events([
+        event(task, pb.EVENT_TYPE_RETURNED, attempt=1),
+        event(task, pb.EVENT_TYPE_STARTED, attempt=2, started_at=T0),
+    ])
+    assert report.returned == [(task, 1)]
+    assert [(s.id, s.attempt) for s in report.started] == [(task, 2)]
+
+
+def test_failed_with_an_exit_code():
+    task = uuid.uuid4()
+    [finished] = split_events([
+        event(task, pb.EVENT_TYPE_FAILED, started_at=T0, finished_at=T0 + 1,
+              has_exit_code=True, exit_code=3, output="partial", error="exit status 3"),
+    ]).finished
+    assert finished.ok is False
+    assert finished.exit_code == 3
+    assert finished.output == "partial"
+    assert finished.error == "exit status 3"
+
+
+def test_failed_without_an_exit_code():
+    task = uuid.uuid4()
+    [finished] = split_events([
+        event(task, pb.EVENT_TYPE_FAILED, started_at=T0, finished_at=T0 + 1,
+              has_exit_code=False, exit_code=7, error="timed out"),
+    ]).finished
+    assert finished.ok is False
+    assert finished.exit_code is None  # exit_code without has_exit_code means nothing
+    assert finished.output is None
+    assert finished.error == "timed out"
+
+
+def test_exit_code_zero_is_kept_when_present():
+    [finished] = split_events([
+        event(uuid.uuid4(), pb.EVENT_TYPE_FAILED, finished_at=T0, has_exit_code=True,
+              exit_code=0, error="http 500"),
+    ]).finished
+    assert finished.exit_code == 0
+    assert finished.started_at is None  # never started: no time made up
+
+
+def test_missing_times_fall_back_to_now():
+    before = datetime.now(UTC)
+    task = uuid.uuid4()
+    report = split_events([
+        event(task, pb.EVENT_TYPE_STARTED),
+        event(uuid.uuid4(), pb.EVENT_TYPE_SUCCEEDED),
+    ])
+    after = datetime.now(UTC)
+    assert before <= report.started[0].started_at <= after
+    assert before <= report.finished[0].finished_at <= after
+
+
+def test_unspecified_events_are_dropped():
+    report = split_events([event(uuid.uuid4(), pb.EVENT_TYPE_UNSPECIFIED)])
+    assert (report.started, report.finished, report.returned) == ([], [], [])
