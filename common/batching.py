@@ -41,6 +41,7 @@ class Batcher(Generic[T]):
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._failures = 0
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -75,12 +76,22 @@ class Batcher(Generic[T]):
                 raise
             except Exception as exc:
                 self._buffer.extendleft(reversed(batch))
-                logger.warning(
-                    "%s: send of %d failed: %s", self._name, len(batch), exc,
+                self._failures += 1
+                # One warning per outage, not one per retry.
+                logger.log(
+                    logging.WARNING if self._failures == 1 else logging.DEBUG,
+                    "%s: send of %d failed (%d buffered), retrying: %s", self._name,
+                    len(batch), len(self._buffer), exc,
                     extra={"action": "batch_send_failed", "batcher": self._name},
                 )
                 await asyncio.sleep(self._retry_delay)
                 continue
+            if self._failures:
+                logger.info(
+                    "%s: delivering again after %d failed tries", self._name, self._failures,
+                    extra={"action": "batch_send_restored", "batcher": self._name},
+                )
+                self._failures = 0
             if len(self._buffer) < self._limit:
                 self._room.set()
             if not self._buffer:

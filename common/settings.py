@@ -27,7 +27,6 @@ DEFAULT_HEARTBEAT_INTERVAL = timedelta(seconds=1)
 DEFAULT_WORKER_DEAD_AFTER = timedelta(seconds=3)
 DEFAULT_REGION_DEAD_AFTER = timedelta(seconds=5)
 DEFAULT_SCAN_INTERVAL = timedelta(milliseconds=500)
-DEFAULT_LEASE = timedelta(seconds=30)
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_CLAIM_BATCH = 1000
@@ -53,9 +52,12 @@ class MasterSettings(_Base):
     grpc_port: int = DEFAULT_GRPC_PORT
     region_dead_after: Seconds = DEFAULT_REGION_DEAD_AFTER
     scan_interval: Seconds = DEFAULT_SCAN_INTERVAL
-    lease: Seconds = DEFAULT_LEASE
     claim_batch: int = Field(default=DEFAULT_CLAIM_BATCH, ge=1, le=10_000)
     db_pool_size: int = Field(default=8, ge=2, le=100)
+    # A statement that takes longer fails the request with 503 instead of hanging it.
+    db_command_timeout: Seconds = timedelta(seconds=5)
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_reset: Seconds = timedelta(seconds=2)
     retry_backoff_base: Seconds = timedelta(seconds=1)
     retry_backoff_max: Seconds = timedelta(minutes=5)
 
@@ -71,6 +73,8 @@ class RegionalSettings(_Base):
     # multiple of its capacity: enough to keep workers busy between two batches.
     queue_factor: float = Field(default=1.0, ge=0, le=16)
     report_batch: int = Field(default=1000, ge=1, le=10_000)
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_reset: Seconds = timedelta(seconds=2)
 
     @property
     def advertised_address(self) -> str:

@@ -14,6 +14,7 @@ from common.supervise import TaskSet, first_of, stop_on_signals
 from master.api import Api
 from master.control import Control
 from master.db import Database, wait_for_database
+from master.reclaimer import Reclaimer
 from master.regions import RegionClients
 from master.scanner import Scanner
 from master.service import MasterService
@@ -40,12 +41,19 @@ async def serve(settings: MasterSettings, stop: asyncio.Event | None = None) -> 
         raise ConfigError("no database configured: set STRATA_DATABASE_URL or DATABASE_URL")
     stop = stop or stop_on_signals()
     await wait_for_database(settings.database_url)
-    db = await Database.connect(settings.database_url, pool_size=settings.db_pool_size)
+    db = await Database.connect(
+        settings.database_url, pool_size=settings.db_pool_size,
+        command_timeout_s=settings.db_command_timeout.total_seconds(),
+    )
     applied = await db.migrate()
     if applied:
         logger.info("applied migrations %s", applied, extra={"action": "migrated"})
-    regions = RegionClients()
+    regions = RegionClients(
+        failure_threshold=settings.breaker_failures,
+        reset_timeout_s=settings.breaker_reset.total_seconds(),
+    )
     scanner = Scanner(db, regions, settings)
+    reclaimer = Reclaimer(db, settings, on_reclaimed=scanner.wake)
     service = MasterService(db, settings, scanner.wake)
 
     server = grpc.aio.server()
@@ -60,6 +68,7 @@ async def serve(settings: MasterSettings, stop: asyncio.Event | None = None) -> 
 
     tasks = TaskSet()
     tasks.spawn("scanner", scanner.run())
+    tasks.spawn("reclaimer", reclaimer.run())
     logger.info(
         "master ready: http://%s:%d grpc %s:%d", settings.http_host, settings.http_port,
         settings.grpc_host, settings.grpc_port,

@@ -108,6 +108,8 @@ class Control:
                 "workers": len(r.workers),
                 "worker_ids": [w["id"] for w in r.workers],
                 "stale_results": r.stale_results,
+                # This master's breaker on its link to the region.
+                "breaker": self._regions.breaker(r.name).snapshot(),
             }
             for r in await self._db.list_regions(self._settings.region_dead_after)
         ]

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "strata_tasks"
 # Any constant works; it only has to be the same in every master.
 MIGRATION_LOCK_ID = 0x5157A7A0
+RECLAIMER_LOCK_ID = 0x5157A7A1
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -143,10 +144,13 @@ class Database:
         self._pool = pool
 
     @classmethod
-    async def connect(cls, dsn: str, *, pool_size: int = 8) -> Database:
+    async def connect(
+        cls, dsn: str, *, pool_size: int = 8, command_timeout_s: float = 10.0
+    ) -> Database:
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, command_timeout=30
+                dsn, min_size=1, max_size=pool_size, command_timeout=command_timeout_s,
+                timeout=command_timeout_s,
             )
         except _CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
@@ -186,26 +190,52 @@ class Database:
             await conn.fetchval("SELECT 1")
 
     @asynccontextmanager
-    async def listen(self, callback: Callable[[], None]) -> AsyncIterator[None]:
-        """Hold a connection LISTENing on the task channel for as long as the block runs."""
+    async def listen(self, callback: Callable[[], None]) -> AsyncIterator[Callable[[], bool]]:
+        """Hold a connection LISTENing on the task channel for as long as the block runs.
+        Yields a check that is False once that connection is lost."""
 
         def on_notify(*_: object) -> None:
             callback()
 
+        async with self._held_connection() as conn:
+            try:
+                await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+                yield lambda: not conn.is_closed()
+            finally:
+                if not conn.is_closed():
+                    await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
+
+    @asynccontextmanager
+    async def singleton(self, lock_id: int) -> AsyncIterator[Callable[[], bool] | None]:
+        """Try to become the one holder of an advisory lock (a singleton duty among
+        masters). Yields None if another holds it, else a check that is False once the
+        connection holding the lock is lost (and with it the lock)."""
+        async with self._held_connection() as conn:
+            try:
+                got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id)
+                if not got:
+                    yield None
+                    return
+                try:
+                    yield lambda: not conn.is_closed()
+                finally:
+                    if not conn.is_closed():
+                        await conn.execute("SELECT pg_advisory_unlock($1)", lock_id)
+            except _CONNECTION_ERRORS as exc:
+                raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+
+    @asynccontextmanager
+    async def _held_connection(self) -> AsyncIterator[Any]:
         try:
             conn = await self._pool.acquire()
         except _CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
         try:
-            await conn.add_listener(NOTIFY_CHANNEL, on_notify)
-            try:
-                yield
-            finally:
-                if not conn.is_closed():
-                    await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
+            yield conn
         except _CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
         finally:
+            # A broken connection is closed by the pool instead of reused.
             await self._pool.release(conn)
 
     # ---- tasks ------------------------------------------------------------
@@ -331,11 +361,26 @@ class Database:
     async def upsert_region(
         self, *, name: str, address: str, capacity: int, max_outstanding: int,
         running: int, queued: int, workers: list[dict[str, Any]],
-    ) -> None:
-        await self._pool.execute(
+    ) -> str | None:
+        """Record a region's heartbeat; returns its previous state (None if new)."""
+        previous: str | None = await self._pool.fetchval(
             Q["upsert_region"], name, address, capacity, max_outstanding, running, queued,
             json.dumps(workers),
         )
+        return previous
+
+    @_wrap
+    async def mark_regions_down(self, dead_after: timedelta) -> list[tuple[str, datetime]]:
+        rows = await self._pool.fetch(Q["mark_regions_down"], dead_after.total_seconds())
+        return [(r["name"], r["last_heartbeat"]) for r in rows]
+
+    @_wrap
+    async def reclaim_down_regions(self) -> dict[str, int]:
+        rows = await self._pool.fetch(Q["reclaim_down_regions"])
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["region"]] = counts.get(r["region"], 0) + 1
+        return counts
 
     @_wrap
     async def list_regions(self, dead_after: timedelta) -> list[RegionRow]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from common.breaker import CircuitBreaker, RetryPolicy
 from proto import strata_pb2_grpc as rpc
 
 logger = logging.getLogger(__name__)
@@ -19,9 +20,29 @@ class _Link:
     stub: rpc.RegionStub
 
 
+# Delegation retries briefly: a batch that cannot go now goes back to pending and the
+# next scan offers it to whichever region answers.
+DELEGATE_RETRY = RetryPolicy(attempts=2, initial_s=0.05, max_wait_s=0.2, deadline_s=6.0)
+
+
 class RegionClients:
-    def __init__(self) -> None:
+    """One channel and one breaker per region (this master's view of each link)."""
+
+    def __init__(self, *, failure_threshold: int = 3, reset_timeout_s: float = 2.0) -> None:
         self._links: dict[str, _Link] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._threshold = failure_threshold
+        self._reset_timeout_s = reset_timeout_s
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            breaker = CircuitBreaker(
+                f"master->{name}", failure_threshold=self._threshold,
+                reset_timeout_s=self._reset_timeout_s, retry=DELEGATE_RETRY,
+            )
+            self._breakers[name] = breaker
+        return breaker
 
     def stub(self, name: str, address: str) -> rpc.RegionStub:
         link = self._links.get(name)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
+from collections.abc import Callable
 
 import grpc
 
+from common.errors import CircuitOpen, DatabaseUnavailable
 from common.settings import MasterSettings
 from common.timeutil import to_unix, utcnow
 from master.db import Claimed, Database, RegionRoom
@@ -22,6 +25,7 @@ from proto import strata_pb2 as pb
 logger = logging.getLogger(__name__)
 
 DELEGATE_TIMEOUT_S = 5.0
+MAX_DB_BACKOFF_S = 2.0
 
 
 class Scanner:
@@ -36,14 +40,33 @@ class Scanner:
         self._wake.set()
 
     async def run(self) -> None:
-        async with self._db.listen(self.wake):
-            while True:
-                self._wake.clear()
-                sent = await self.scan_once()
-                if sent:
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), await self._idle_timeout())
+        """Scan until cancelled; ride out database outages with capped backoff."""
+        backoff = 0.05
+        while True:
+            try:
+                async with self._db.listen(self.wake) as listening:
+                    if backoff > 0.05:
+                        logger.info("scanner reconnected to the database",
+                                    extra={"action": "scanner_db_restored"})
+                    backoff = 0.05
+                    await self._loop(listening)
+            except DatabaseUnavailable as exc:
+                logger.warning(
+                    "scanner lost the database (%s); retrying in %.2fs", exc, backoff,
+                    extra={"action": "scanner_db_lost"},
+                )
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, MAX_DB_BACKOFF_S)
+
+    async def _loop(self, listening: Callable[[], bool]) -> None:
+        while listening():
+            self._wake.clear()
+            sent = await self.scan_once()
+            if sent:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), await self._idle_timeout())
+        raise DatabaseUnavailable("the LISTEN connection was lost")
 
     async def _idle_timeout(self) -> float:
         timeout = self._settings.scan_interval.total_seconds()
@@ -56,10 +79,12 @@ class Scanner:
 
     async def scan_once(self) -> int:
         regions = await self._db.region_room(self._settings.region_dead_after)
+        # A region whose breaker is open gets nothing: its share stays pending for the
+        # regions that answer.
         shares = [
             self._claim_and_delegate(region, min(region.room, self._settings.claim_batch))
             for region in regions
-            if region.room > 0
+            if region.room > 0 and self._regions.breaker(region.name).allows_calls
         ]
         if not shares:
             return 0
@@ -75,7 +100,7 @@ class Scanner:
         return accepted
 
     async def _delegate(self, region: RegionRoom, claimed: list[Claimed]) -> int:
-        lease_until = to_unix(utcnow() + self._settings.lease)
+        lease_until = to_unix(utcnow() + self._settings.region_dead_after)
         request = pb.DelegateRequest(
             tasks=[
                 pb.TaskSpec(
@@ -87,12 +112,17 @@ class Scanner:
         )
         stub = self._regions.stub(region.name, region.address)
         try:
-            reply = await stub.Delegate(request, timeout=DELEGATE_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
+            reply = await self._regions.breaker(region.name).call(
+                lambda: stub.Delegate(request, timeout=DELEGATE_TIMEOUT_S)
+            )
+        except (grpc.aio.AioRpcError, CircuitOpen) as exc:
+            # Undeliverable: back to pending at once, for whichever region answers. If the
+            # call did arrive after all, the next claim's new attempt fences it off.
             returned = await self._db.return_to_pending([(c.id, c.attempt) for c in claimed])
+            reason = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             logger.warning(
                 "delegation of %d tasks to %s failed (%s); %d back to pending",
-                len(claimed), region.name, exc.code().name, returned,
+                len(claimed), region.name, reason, returned,
                 extra={"action": "delegate_failed", "region": region.name},
             )
             return 0

@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from common.errors import InvalidInput, NotFound, StrataError, Unavailable
 from common.settings import MasterSettings
 from common.timeutil import from_unix, utcnow
 from master.db import Database, Finished, Started
 from proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
+
+Handler = Callable[[Any, Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]]
+
+# The one place where our errors become gRPC status codes.
+_CODES: dict[type[StrataError], grpc.StatusCode] = {
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+}
+
+
+def grpc_errors(fn: Handler) -> Handler:
+    @functools.wraps(fn)
+    async def inner(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await fn(self, request, context)
+        except StrataError as exc:
+            code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)),
+                        grpc.StatusCode.INTERNAL)
+            await context.abort(code, str(exc))
+
+    return inner
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +87,7 @@ class MasterService:
         self._on_capacity = on_capacity
         self.stale_total = 0
 
+    @grpc_errors
     async def Register(
         self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RegisterReply:
@@ -76,9 +101,10 @@ class MasterService:
         )
         return pb.RegisterReply(
             heartbeat_interval_s=self._settings.heartbeat_interval.total_seconds(),
-            lease_s=self._settings.lease.total_seconds(),
+            lease_s=self._settings.region_dead_after.total_seconds(),
         )
 
+    @grpc_errors
     async def Heartbeat(
         self, request: pb.RegionHeartbeat, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HeartbeatReply:
@@ -87,15 +113,22 @@ class MasterService:
              "last_heartbeat": w.last_heartbeat, "health_address": w.health_address}
             for w in request.workers
         ]
-        await self._db.upsert_region(
+        previous = await self._db.upsert_region(
             name=request.region, address=request.address, capacity=request.capacity,
             max_outstanding=request.max_outstanding, running=request.running,
             queued=request.queued, workers=workers,
         )
+        if previous == "down":
+            logger.warning(
+                "region %s is back; its old attempts were reclaimed", request.region,
+                extra={"action": "region_back", "region": request.region},
+            )
         if request.max_outstanding > request.running + request.queued:
             self._on_capacity()
-        return pb.HeartbeatReply(known=True)
+        # known=False: everything the region holds was reclaimed while it was down.
+        return pb.HeartbeatReply(known=previous != "down")
 
+    @grpc_errors
     async def Report(
         self, request: pb.ReportRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportReply:
@@ -122,6 +155,7 @@ class MasterService:
             stale=[pb.TaskRef(task_id=str(i), attempt=a) for i, a in stale],
         )
 
+    @grpc_errors
     async def HandBack(
         self, request: pb.HandBackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HandBackReply:

@@ -30,21 +30,12 @@ async def _watch_workers(coordinator: Coordinator, settings: RegionalSettings) -
 
 async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or stop_on_signals()
-    link: MasterLink | None = None
-
-    def hand_back(specs: list, reason: str) -> None:  # type: ignore[type-arg]
-        assert link is not None
-        link.hand_back(specs, reason)
-
-    def capacity_changed() -> None:
-        if link is not None:
-            link.poke()
-
+    link = MasterLink(settings)
     coordinator = Coordinator(
         name=settings.name, queue_factor=settings.queue_factor,
-        on_capacity_change=capacity_changed, hand_back=hand_back,
+        on_capacity_change=link.poke, hand_back=link.hand_back, lease_valid=link.lease_valid,
     )
-    link = MasterLink(settings, coordinator)
+    link.attach(coordinator)
     server = grpc.aio.server()
     rpc.add_RegionServicer_to_server(
         RegionService(coordinator, link, settings.heartbeat_interval.total_seconds()), server

@@ -59,6 +59,7 @@ class Coordinator:
         queue_factor: float,
         on_capacity_change: Callable[[], None],
         hand_back: Callable[[list[pb.TaskSpec], str], None],
+        lease_valid: Callable[[], bool] = lambda: True,
     ) -> None:
         self.name = name
         self._queue_factor = queue_factor
@@ -67,6 +68,11 @@ class Coordinator:
         self._queue: deque[pb.TaskSpec] = deque()
         self._workers: dict[str, WorkerConn] = {}
         self._rr = 0  # index of the worker that gets the next task
+        self._lease_valid = lease_valid
+        self._lease_lapsed = False
+        # Every attempt the region holds (queued or on a worker): a delegation that
+        # arrives twice (a retried call) must not run twice.
+        self._held: set[Ref] = set()
         self.accepting = True
 
     # ---- figures the master sees -------------------------------------------------
@@ -100,9 +106,17 @@ class Coordinator:
         room = self.max_outstanding - self.queued - self.running
         accepted: list[pb.TaskSpec] = []
         rejected: list[pb.TaskSpec] = []
+        fresh: list[pb.TaskSpec] = []
         for spec in tasks:
-            (accepted if len(accepted) < room else rejected).append(spec)
-        self._queue.extend(accepted)
+            if ref_of(spec) in self._held:
+                accepted.append(spec)  # already ours: a repeated delivery
+            elif len(fresh) < room:
+                accepted.append(spec)
+                fresh.append(spec)
+            else:
+                rejected.append(spec)
+        self._queue.extend(fresh)
+        self._held.update(ref_of(s) for s in fresh)
         self.assign()
         return accepted, rejected
 
@@ -113,6 +127,7 @@ class Coordinator:
             return 0
         before = len(self._queue)
         self._queue = deque(s for s in self._queue if ref_of(s) not in wanted)
+        self._held -= wanted
         count = before - len(self._queue)
         for worker in self._workers.values():
             hits = [pb.TaskRef(task_id=r[0], attempt=r[1]) for r in wanted if r in worker.inflight]
@@ -125,7 +140,26 @@ class Coordinator:
         """Take every queued task out (to hand it back to the master)."""
         taken = list(self._queue)
         self._queue.clear()
+        self._held.difference_update(ref_of(s) for s in taken)
         return taken
+
+    def forget_everything(self) -> int:
+        """The master reclaimed all we hold (we were declared down): drop the queue and
+        stop every running attempt; their results would be stale anyway."""
+        dropped = len(self.drain_queue())
+        for worker in self._workers.values():
+            if worker.inflight:
+                refs = [pb.TaskRef(task_id=r[0], attempt=r[1]) for r in worker.inflight]
+                worker.send(pb.RegionMessage(cancel=pb.CancelRequest(tasks=refs)))
+                dropped += len(refs)
+                worker.inflight.clear()
+        self._held.clear()
+        logger.warning(
+            "the master gave our work away while we were unreachable; dropped %d attempts",
+            dropped, extra={"action": "region_reset", "region": self.name},
+        )
+        self._on_capacity_change()
+        return dropped
 
     # ---- workers --------------------------------------------------------------------
 
@@ -200,10 +234,12 @@ class Coordinator:
 
     def finished(self, worker_id: str, refs: Iterable[Ref]) -> None:
         """A worker reported results: its slots are free again."""
+        done = set(refs)
+        self._held -= done
         worker = self._workers.get(worker_id)
         if worker is None:
             return
-        for ref in refs:
+        for ref in done:
             worker.inflight.pop(ref, None)
         self.assign()
 
@@ -214,6 +250,20 @@ class Coordinator:
         per worker for the whole round."""
         if not self._queue or not self.accepting:
             return 0
+        if not self._lease_valid():
+            # Cut off from the master past the lease: it will reclaim what we hold, so
+            # starting it now would only run it twice.
+            if not self._lease_lapsed:
+                self._lease_lapsed = True
+                logger.warning(
+                    "lease lapsed: not starting %d queued tasks until the master answers",
+                    len(self._queue), extra={"action": "lease_lapsed", "region": self.name},
+                )
+            return 0
+        if self._lease_lapsed:
+            self._lease_lapsed = False
+            logger.info("lease renewed: starting queued work again",
+                        extra={"action": "lease_renewed", "region": self.name})
         workers = list(self._workers.values())
         if not workers:
             return 0

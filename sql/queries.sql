@@ -102,13 +102,16 @@ SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.
 UPDATE regions SET stale_results = stale_results + $2 WHERE name = $1;
 
 -- name: upsert_region
+-- Returns the state the region had before ('down' means the master gave its work away).
+WITH before AS (SELECT state FROM regions WHERE name = $1)
 INSERT INTO regions (name, address, state, last_heartbeat, capacity, max_outstanding,
                      running, queued, workers)
 VALUES ($1, $2, 'up', now(), $3, $4, $5, $6, $7::jsonb)
 ON CONFLICT (name) DO UPDATE
 SET address = excluded.address, state = 'up', last_heartbeat = now(),
     capacity = excluded.capacity, max_outstanding = excluded.max_outstanding,
-    running = excluded.running, queued = excluded.queued, workers = excluded.workers;
+    running = excluded.running, queued = excluded.queued, workers = excluded.workers
+RETURNING (SELECT state FROM before) AS previous_state;
 
 -- name: list_regions
 SELECT name, address, state, registered_at, last_heartbeat, capacity, max_outstanding,
@@ -143,3 +146,20 @@ FROM before b;
 
 -- name: count_by_state
 SELECT state, count(*) AS n FROM tasks GROUP BY state;
+
+-- name: mark_regions_down
+UPDATE regions
+SET state = 'down'
+WHERE state = 'up' AND last_heartbeat < now() - $1::float8 * interval '1 second'
+RETURNING name, last_heartbeat;
+
+-- name: reclaim_down_regions
+-- Every unfinished attempt held by a down region: a new attempt (the fencing token moves
+-- on, so the old one's late results are dropped), back to pending. Pinned tasks come
+-- back too, and wait there until their region is up again.
+UPDATE tasks AS t
+SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL
+FROM regions AS r
+WHERE r.name = t.assigned_region AND r.state = 'down'
+  AND t.state IN ('dispatched', 'running')
+RETURNING t.id, r.name AS region;

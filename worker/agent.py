@@ -10,10 +10,13 @@ import contextlib
 import logging
 import random
 import time
+from typing import Any
 
 import grpc
 
 from common.batching import Batcher
+from common.breaker import CircuitBreaker, RetryPolicy
+from common.errors import StrataError, Unavailable
 from common.settings import WorkerSettings
 from proto import strata_pb2 as pb
 from proto import strata_pb2_grpc as rpc
@@ -22,6 +25,7 @@ from worker.runner import Runner
 logger = logging.getLogger(__name__)
 
 Ref = tuple[str, int]
+HANDSHAKE_TIMEOUT_S = 5.0
 RECONNECT_MIN_S = 0.05
 RECONNECT_MAX_S = 5.0
 EVENT_BATCH = 1000
@@ -42,6 +46,10 @@ class Agent:
         self.events: Batcher[pb.TaskEvent] = Batcher(
             self._send_events, max_size=EVENT_BATCH,
             limit=max(4 * settings.concurrency, EVENT_BATCH), retry_delay=0.05, name="events",
+        )
+        self.breaker = CircuitBreaker(
+            f"{worker_id}->region", failure_threshold=3, reset_timeout_s=RECONNECT_MAX_S,
+            retry=RetryPolicy(attempts=2, initial_s=0.05, max_wait_s=0.2, deadline_s=10),
         )
         self.health_address = ""
         self.connected = False
@@ -64,9 +72,11 @@ class Agent:
             started = time.monotonic()
             try:
                 await self._session()
-            except grpc.aio.AioRpcError as exc:
+            except (grpc.aio.AioRpcError, StrataError, TimeoutError) as exc:
+                why = f"{exc.code().name} {exc.details()}" \
+                    if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
                 logger.warning(
-                    "region link lost: %s %s", exc.code().name, exc.details(),
+                    "region link lost: %s", why,
                     extra={"action": "region_link_lost", "worker": self.id},
                 )
             finally:
@@ -77,9 +87,9 @@ class Agent:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, RECONNECT_MAX_S)
 
-    async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(self._settings.region) as channel:
-            call = rpc.RegionStub(channel).Connect()
+    async def _handshake(self, channel: grpc.aio.Channel) -> tuple[Any, float]:
+        call = rpc.RegionStub(channel).Connect()
+        try:
             await call.write(
                 pb.WorkerMessage(
                     hello=pb.WorkerHello(
@@ -90,12 +100,21 @@ class Agent:
                     )
                 )
             )
-            welcome = await call.read()
-            if welcome is grpc.aio.EOF:
-                return
-            interval = welcome.welcome.heartbeat_interval_s or (
-                self._settings.heartbeat_interval.total_seconds()
-            )
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                welcome = await call.read()
+        except BaseException:
+            call.cancel()
+            raise
+        if welcome is grpc.aio.EOF:
+            raise Unavailable("region closed the stream before welcoming us")
+        interval = welcome.welcome.heartbeat_interval_s or (
+            self._settings.heartbeat_interval.total_seconds()
+        )
+        return call, interval
+
+    async def _session(self) -> None:
+        async with grpc.aio.insecure_channel(self._settings.region) as channel:
+            call, interval = await self.breaker.call(lambda: self._handshake(channel))
             self._call = call
             self.connected = True
             logger.info(

@@ -17,6 +17,7 @@ def health_app(agent: Agent, region: str) -> web.Application:
             "running": agent.running,
             "capacity": agent.capacity,
             "completed": agent.completed,
+            "breaker": agent.breaker.snapshot(),
         }
 
     async def healthz(request: web.Request) -> web.Response:

@@ -1,0 +1,79 @@
+"""Declares silent regions down and takes their work back. One master at a time
+does this (a PostgreSQL advisory lock); the others stand by to take over."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from common.errors import DatabaseUnavailable
+from common.settings import MasterSettings
+from master.db import RECLAIMER_LOCK_ID, Database
+
+logger = logging.getLogger(__name__)
+
+STANDBY_RETRY_S = 1.0
+
+
+class Reclaimer:
+    def __init__(
+        self, db: Database, settings: MasterSettings, on_reclaimed: Callable[[], None]
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._on_reclaimed = on_reclaimed
+        self._period = min(
+            settings.heartbeat_interval.total_seconds(),
+            settings.region_dead_after.total_seconds() / 4,
+        )
+        self.reclaimed_total = 0
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async with self._db.singleton(RECLAIMER_LOCK_ID) as held:
+                    if held is None:
+                        await asyncio.sleep(STANDBY_RETRY_S)
+                        continue
+                    logger.info("this master now reclaims dead regions' tasks",
+                                extra={"action": "reclaimer_active"})
+                    backoff = 0.1
+                    await self._duty(held)
+            except DatabaseUnavailable as exc:
+                logger.warning("reclaimer lost the database: %s", exc,
+                               extra={"action": "reclaimer_db_lost"})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _duty(self, held: Callable[[], bool]) -> None:
+        # Heartbeats could not be recorded while this master was away from the database
+        # (or not running): give every region a full dead-after of recorded heartbeats
+        # before calling it silent, or a healthy region would lose its work.
+        watching_since = time.monotonic()
+        dead_after = self._settings.region_dead_after
+        while held():
+            if time.monotonic() - watching_since >= dead_after.total_seconds():
+                await self.pass_once()
+            await asyncio.sleep(self._period)
+        raise DatabaseUnavailable("lost the connection holding the reclaimer lock")
+
+    async def pass_once(self) -> int:
+        for name, last in await self._db.mark_regions_down(self._settings.region_dead_after):
+            logger.warning(
+                "region %s is down: no heartbeat since %s", name, last.isoformat(),
+                extra={"action": "region_down", "region": name},
+            )
+        reclaimed = await self._db.reclaim_down_regions()
+        for region, count in reclaimed.items():
+            logger.warning(
+                "reclaimed %d tasks from region %s", count, region,
+                extra={"action": "tasks_reclaimed", "region": region, "count": count},
+            )
+        total = sum(reclaimed.values())
+        if total:
+            self.reclaimed_total += total
+            self._on_reclaimed()
+        return total
