@@ -7,15 +7,29 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.errors import ConfigError
 from common.models import REGION_NAME_PATTERN
+from common.settings import MasterSettings, RegionalSettings, WorkerSettings
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent
 DEFAULT_TOPOLOGY = TOPOLOGY_DIR / "local.toml"
 
 Scalar = str | int | float | bool
+
+
+# A region's settings reach its coordinator and its workers; the topology's reach everyone.
+REGION_SETTINGS = frozenset(RegionalSettings.model_fields) | frozenset(WorkerSettings.model_fields)
+ALL_SETTINGS = REGION_SETTINGS | frozenset(MasterSettings.model_fields)
+
+
+def _known(settings: dict[str, Scalar], known: frozenset[str], of: str) -> dict[str, Scalar]:
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"not a setting of {of}: {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+    return settings
 
 
 class _Strict(BaseModel):
@@ -35,12 +49,22 @@ class RegionSpec(_Strict):
     # STRATA_* overrides for this region's processes, keyed without the prefix.
     settings: dict[str, Scalar] = Field(default_factory=dict)
 
+    @field_validator("settings")
+    @classmethod
+    def _region_settings(cls, value: dict[str, Scalar]) -> dict[str, Scalar]:
+        return _known(value, REGION_SETTINGS, "a region or its workers")
+
 
 class Topology(_Strict):
     name: str
     master: MasterSpec = MasterSpec()
     settings: dict[str, Scalar] = Field(default_factory=dict)
     regions: list[RegionSpec] = Field(min_length=1)
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, value: dict[str, Scalar]) -> dict[str, Scalar]:
+        return _known(value, ALL_SETTINGS, "any process")
 
     @model_validator(mode="after")
     def _unique(self) -> Topology:

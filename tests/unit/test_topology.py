@@ -136,3 +136,20 @@ def test_env_for():
         "STRATA_VERBOSE": "false",
         "STRATA_LOG_LEVEL": "DEBUG",
     }
+
+
+def test_unknown_setting_is_named(tmp_path: Path):
+    path = write(tmp_path, "[settings]\nheartbeat_intervall = 1\n"
+                 + REGION.format(name="a", port=6001))
+    message = load_error(path)
+    assert "settings: not a setting of any process: heartbeat_intervall" in message
+
+
+def test_region_settings_are_those_of_a_region_or_its_workers(tmp_path: Path):
+    ok = REGION.format(name="a", port=6001) + "settings = {queue_factor = 2, shutdown_grace = 5}\n"
+    assert load(write(tmp_path, ok)).regions[0].settings == {"queue_factor": 2,
+                                                             "shutdown_grace": 5}
+    master_only = REGION.format(name="a", port=6001) + "settings = { region_dead_after = 9 }\n"
+    message = load_error(write(tmp_path, master_only))
+    assert "regions[0] (a).settings: not a setting of a region or its workers: " \
+           "region_dead_after" in message
