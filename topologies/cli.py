@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run a topology as local processes")
     up.add_argument("topology", nargs="?", help="topology file (default: topologies/local.toml)")
 
+    c = sub.add_parser("compose", help="print a topology as a Docker Compose file")
+    c.add_argument("topology", help="topology file, e.g. topologies/three-regions.toml")
+
     m = sub.add_parser("master", help="run the master (REST + gRPC + scanner)")
     m.add_argument("--http-port", type=int)
     m.add_argument("--http-host")
@@ -153,6 +156,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         us = UpSettings()
         logs.configure(us.log_level)
         return asyncio.run(up.run(topology, us))
+    if args.command == "compose":
+        from topologies.compose import render
+        from topologies.topology import load
+
+        sys.stdout.write(render(load(args.topology)))
+        return 0
     if args.command == "submit":
         return asyncio.run(_submit(args))
     if args.command == "status":

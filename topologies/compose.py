@@ -1,0 +1,261 @@
+"""``strata compose``: a topology rendered as a Docker Compose file.
+
+One service per process kind: ``postgres``, ``master``, ``region-<name>`` per region and
+``worker-<name>`` per region, scaled with ``--scale worker-<name>=N``. Every setting
+reaches its process as a ``STRATA_*`` variable. A ``chaos`` profile adds toxiproxy in
+front of every region link; ``STRATA_LINKS_VIA=toxiproxy`` routes the links through it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from pydantic_settings import BaseSettings
+
+from common.errors import ConfigError
+from common.settings import MasterSettings, RegionalSettings, WorkerSettings
+from topologies.topology import RegionSpec, Scalar, Topology, env_for
+from topologies.yamlout import Node, dump
+
+POSTGRES_IMAGE = "postgres:16"
+TOXIPROXY_IMAGE = "ghcr.io/shopify/toxiproxy:2.12.0"
+DATABASE = "strata"  # database, user and password of the compose PostgreSQL
+DATABASE_URL = f"postgresql://{DATABASE}:{DATABASE}@postgres:5432/{DATABASE}"
+WORKER_HTTP_PORT = 9100  # inside each worker container; never published (replicas share it)
+TOXIPROXY_API_PORT = 8474
+PROXY_BASE_PORT = 20000  # region i's proxies listen on 20000 + 10 i + (0, 1, 2)
+LINKS_VIA = "STRATA_LINKS_VIA"  # compose variable: route region links through this host
+CHAOS_PROFILE = "chaos"
+RESTART = "unless-stopped"
+STOP_MARGIN_S = 5  # beyond a worker's shutdown grace before Docker kills it
+LOG_LEVEL = "INFO"
+# Compose service names double as DNS names, so no dots, underscores or capitals.
+_SERVICE_SAFE = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+_BUILD: dict[str, Node] = {"context": ".", "dockerfile": "Dockerfile"}
+
+
+def region_service(name: str) -> str:
+    return f"region-{name}"
+
+
+def worker_service(name: str) -> str:
+    return f"worker-{name}"
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _seconds(value: Any) -> float:
+    """A duration setting: a timedelta default, or seconds from a topology file."""
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _healthcheck(*test: str) -> dict[str, Node]:
+    return {"test": list(test), "interval": "5s", "timeout": "3s", "retries": 5,
+            "start_period": "10s"}
+
+
+def _http_check(port: int, path: str) -> dict[str, Node]:
+    # The slim image has no curl; a non-2xx answer raises, so the check fails.
+    code = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{path}', " \
+           "timeout=2)"
+    return _healthcheck("CMD", "python", "-c", code)
+
+
+def _port_check(port: int) -> dict[str, Node]:
+    # A region serves gRPC only: its health is that the port takes connections.
+    code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2).close()"
+    return _healthcheck("CMD", "python", "-c", code)
+
+
+def _healthy(*services: str) -> dict[str, Node]:
+    return {s: {"condition": "service_healthy"} for s in services}
+
+
+def _env(settings: Mapping[str, Scalar], kind: type[BaseSettings],
+         fixed: Mapping[str, str]) -> dict[str, Node]:
+    """The settings this kind of process knows, then the values the deployment fixes."""
+    env: dict[str, str] = {"STRATA_LOG_LEVEL": LOG_LEVEL}
+    env.update(env_for({k: v for k, v in settings.items() if k in kind.model_fields}))
+    env.update(fixed)
+    return dict(sorted(env.items()))
+
+
+def _link(direct: str, proxy_port: int) -> str:
+    """``direct`` unless STRATA_LINKS_VIA names a proxy host, then that host:proxy_port."""
+    return f"${{{LINKS_VIA}:-{direct}}}${{{LINKS_VIA}:+:{proxy_port}}}"
+
+
+class _Proxies:
+    """Three toxiproxy proxies per region: its calls to the master, the master's calls to
+    it, and its workers' streams to it, so each can be faulted alone."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.master = f"master:{topology.master.grpc_port}"
+        self.index = {r.name: i for i, r in enumerate(topology.regions)}
+
+    def _port(self, region: RegionSpec, link: int) -> int:
+        return PROXY_BASE_PORT + 10 * self.index[region.name] + link
+
+    def to_master(self, region: RegionSpec) -> str:
+        return _link(self.master, self._port(region, 0))
+
+    def master_to(self, region: RegionSpec) -> str:
+        return _link(f"{region_service(region.name)}:{region.grpc_port}", self._port(region, 1))
+
+    def workers_to(self, region: RegionSpec) -> str:
+        return _link(f"{region_service(region.name)}:{region.grpc_port}", self._port(region, 2))
+
+    def config(self, topology: Topology) -> list[dict[str, Any]]:
+        proxies: list[dict[str, Any]] = []
+        for region in topology.regions:
+            own = f"{region_service(region.name)}:{region.grpc_port}"
+            for link, name, upstream in (
+                (0, f"{region.name}-to-master", self.master),
+                (1, f"master-to-{region.name}", own),
+                (2, f"workers-to-{region.name}", own),
+            ):
+                proxies.append({"name": name, "listen": f"0.0.0.0:{self._port(region, link)}",
+                                "upstream": upstream, "enabled": True})
+        return proxies
+
+
+def _validate(topology: Topology, proxies: _Proxies) -> None:
+    for i, region in enumerate(topology.regions):
+        _check(bool(_SERVICE_SAFE.fullmatch(region.name)),
+               f"regions[{i}] ({region.name}).name: a compose service name needs lowercase "
+               "letters, digits and '-'")
+    # The chaos proxies listen in one container, beside toxiproxy's API.
+    ports = {topology.master.http_port, topology.master.grpc_port,
+             *(r.grpc_port for r in topology.regions)}
+    _check(TOXIPROXY_API_PORT not in ports,
+           f"port {TOXIPROXY_API_PORT} is toxiproxy's API port in the compose deployment")
+    listen = {int(p["listen"].rsplit(":", 1)[1]) for p in proxies.config(topology)}
+    clash = sorted(ports & listen)
+    _check(not clash, f"ports {', '.join(map(str, clash))} are taken by the chaos proxies "
+                      f"({PROXY_BASE_PORT} and up)")
+
+
+def _postgres() -> dict[str, Node]:
+    return {
+        "image": POSTGRES_IMAGE,
+        "environment": {"POSTGRES_DB": DATABASE, "POSTGRES_PASSWORD": DATABASE,
+                        "POSTGRES_USER": DATABASE},
+        "volumes": ["pgdata:/var/lib/postgresql/data"],
+        "healthcheck": {"test": ["CMD-SHELL", f"pg_isready -U {DATABASE} -d {DATABASE}"],
+                        "interval": "2s", "timeout": "3s", "retries": 15},
+        "restart": RESTART,
+    }
+
+
+def _master(topology: Topology) -> dict[str, Node]:
+    http, grpc = topology.master.http_port, topology.master.grpc_port
+    return {
+        "build": _BUILD,
+        "command": ["master"],
+        "init": True,
+        "environment": _env(topology.settings, MasterSettings, {
+            "STRATA_DATABASE_URL": DATABASE_URL,
+            "STRATA_HTTP_HOST": "0.0.0.0", "STRATA_HTTP_PORT": str(http),
+            "STRATA_GRPC_HOST": "0.0.0.0", "STRATA_GRPC_PORT": str(grpc),
+        }),
+        "ports": [f"{http}:{http}", f"{grpc}:{grpc}"],
+        "depends_on": _healthy("postgres"),
+        "healthcheck": _http_check(http, "/readyz"),
+        "restart": RESTART,
+    }
+
+
+def _region(topology: Topology, region: RegionSpec, proxies: _Proxies) -> dict[str, Node]:
+    settings = {**topology.settings, **region.settings}
+    return {
+        "build": _BUILD,
+        "command": ["regional"],
+        "init": True,
+        "environment": _env(settings, RegionalSettings, {
+            "STRATA_NAME": region.name,
+            "STRATA_GRPC_HOST": "0.0.0.0", "STRATA_GRPC_PORT": str(region.grpc_port),
+            "STRATA_MASTER": proxies.to_master(region),
+            "STRATA_ADVERTISE": proxies.master_to(region),
+        }),
+        "depends_on": _healthy("master"),
+        "healthcheck": _port_check(region.grpc_port),
+        "restart": RESTART,
+    }
+
+
+def _worker(topology: Topology, region: RegionSpec, proxies: _Proxies) -> dict[str, Node]:
+    # No id: every replica takes its own (host-pid-random), so --scale just works.
+    settings = {k: v for k, v in {**topology.settings, **region.settings}.items() if k != "id"}
+    grace = settings.get("shutdown_grace", WorkerSettings.model_fields["shutdown_grace"].default)
+    return {
+        "build": _BUILD,
+        "command": ["worker"],
+        "init": True,  # reaps whatever a shell task leaves behind
+        "environment": _env(settings, WorkerSettings, {
+            "STRATA_REGION": proxies.workers_to(region),
+            "STRATA_CONCURRENCY": str(region.concurrency),
+            "STRATA_HTTP_HOST": "0.0.0.0", "STRATA_HTTP_PORT": str(WORKER_HTTP_PORT),
+        }),
+        "deploy": {"replicas": region.workers},
+        "depends_on": _healthy(region_service(region.name)),
+        "healthcheck": _http_check(WORKER_HTTP_PORT, "/readyz"),
+        "restart": RESTART,
+        # Let running tasks finish (the worker's shutdown grace) before Docker kills it.
+        "stop_grace_period": f"{_seconds(grace) + STOP_MARGIN_S:g}s",
+    }
+
+
+def _toxiproxy() -> dict[str, Node]:
+    return {
+        "image": TOXIPROXY_IMAGE,
+        "profiles": [CHAOS_PROFILE],
+        "command": ["-host=0.0.0.0", "-config=/toxiproxy.json"],
+        "configs": [{"source": "toxiproxy", "target": "/toxiproxy.json"}],
+        "ports": [f"{TOXIPROXY_API_PORT}:{TOXIPROXY_API_PORT}"],
+        "healthcheck": _healthcheck("CMD", "/toxiproxy-cli", "list"),
+        "restart": RESTART,
+    }
+
+
+def _json_lines(items: list[dict[str, Any]]) -> str:
+    """A JSON list with one item a line: what toxiproxy's -config reads."""
+    return "[\n" + ",\n".join(f"  {json.dumps(item)}" for item in items) + "\n]\n"
+
+
+def document(topology: Topology) -> dict[str, Node]:
+    """The compose file as data (what :func:`render` writes out)."""
+    proxies = _Proxies(topology)
+    _validate(topology, proxies)
+    services: dict[str, Node] = {"postgres": _postgres(), "master": _master(topology)}
+    for region in topology.regions:
+        services[region_service(region.name)] = _region(topology, region, proxies)
+    for region in topology.regions:
+        services[worker_service(region.name)] = _worker(topology, region, proxies)
+    services["toxiproxy"] = _toxiproxy()
+    return {
+        "services": services,
+        "volumes": {"pgdata": {}},
+        "configs": {"toxiproxy": {"content": _json_lines(proxies.config(topology))}},
+    }
+
+
+def render(topology: Topology) -> str:
+    first = topology.regions[0].name
+    return dump(document(topology), header=[
+        f"Rendered by `strata compose` from the topology {topology.name!r}: edit the",
+        "topology and render again rather than editing this file.",
+        "",
+        f"  docker compose -f FILE up --scale {worker_service(first)}=3",
+        "",
+        "Chaos: toxiproxy (API on :8474) in front of every region link, proxies named",
+        f"{first}-to-master, master-to-{first} and workers-to-{first}:",
+        "",
+        f"  {LINKS_VIA}=toxiproxy docker compose -f FILE --profile {CHAOS_PROFILE} up",
+    ])
