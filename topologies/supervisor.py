@@ -83,7 +83,7 @@ class Supervisor:
             if time.monotonic() - began > HEALTHY_AFTER_S:
                 delay = RESTART_MIN_S
             proc.restarts += 1
-            self.say(f"{proc.name} exited with code {code}; restarting in {delay:.1f}s "
+            self.say(f"{proc.name} {_how(code)}; restarting in {delay:.1f}s "
                      f"(restart {proc.restarts})")
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
@@ -115,6 +115,20 @@ class Supervisor:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        # A process respawned while the tiers were being stopped has not been signalled.
+        for proc in self.procs:
+            if proc.process is not None and proc.process.returncode is None:
+                proc.process.kill()
+                await proc.process.wait()
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exited with code {code}"
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
