@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.e2e.up_process import UpProcess
 from topologies.postgres import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -46,39 +44,6 @@ concurrency = 2
     return path, http
 
 
-class Up:
-    """One ``strata up`` run, its output read line by line until a marker shows."""
-
-    def __init__(self, topology: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "topologies.cli", "up", str(topology)], env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        self.lines: list[str] = []
-
-    def wait_for(self, marker: str, timeout_s: float = 90) -> None:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            if not ready:
-                break
-            line = self.proc.stdout.readline().decode(errors="replace")
-            if not line:
-                break
-            self.lines.append(line)
-            if marker in line:
-                return
-        raise AssertionError(f"no {marker!r} in output:\n{''.join(self.lines[-60:])}")
-
-    def interrupt(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        assert self.proc.stdout is not None
-        with self.proc.stdout:
-            self.lines.append(self.proc.stdout.read().decode(errors="replace"))
-        return self.proc.wait(timeout=60)
-
-
 def _cli(env: dict[str, str], *args: str) -> list[str]:
     out = subprocess.run(
         [sys.executable, "-m", "topologies.cli", *args], env=env, capture_output=True,
@@ -106,18 +71,16 @@ def test_up_runs_a_task_persists_data_and_ctrl_c_leaves_nothing(
     env.update(STRATA_DATA_DIR=str(data_home), STRATA_PG_PORT=str(free_port()))
     api = f"http://127.0.0.1:{http}"
 
-    first = Up(topology, env)
-    try:
+    with UpProcess(topology, env) as first:
         first.wait_for(f"ready: API at {api}")
-        children = psutil.Process(first.proc.pid).children(recursive=True)
+        children = first.children()
         assert len(children) >= 5, children  # master, two regions, two workers
         task_id, state = _cli(env, "submit", "--command", "echo persisted", "--wait",
                               "--api", api)
         assert state == "succeeded"
-    finally:
         code = first.interrupt()
     assert code == 0, "".join(first.lines[-40:])
-    out = "".join(first.lines)
+    out = first.output
     # Stopped in order: workers, then regions, then the master.
     assert out.index("action=worker_stopped") < out.index("action=region_stopped") \
         < out.index("action=master_stopped")
@@ -128,10 +91,8 @@ def test_up_runs_a_task_persists_data_and_ctrl_c_leaves_nothing(
                      if p.info["cmdline"] and data_dir in " ".join(p.info["cmdline"])]
     assert not postgres_left, postgres_left
 
-    second = Up(topology, env)
-    try:
+    with UpProcess(topology, env) as second:
         second.wait_for(f"ready: API at {api}")
         status = _cli(env, "status", task_id, "--api", api)
         assert '"succeeded",' in status
-    finally:
         assert second.interrupt() == 0
