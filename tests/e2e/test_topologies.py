@@ -1,0 +1,165 @@
+"""``strata up topologies/three-regions.toml`` end to end: pinned tasks run in their
+region and the rest spread over all three; a worker killed under the supervisor comes
+back; Ctrl-C stops workers, then regions, then the master, and leaves nothing behind.
+
+The topology is the shipped file with free ports and fast heartbeats; the database is
+the test's own (``strata up`` embedding PostgreSQL is covered by test_up.py)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from common.client import Client
+from tests.e2e.cluster import wait_until
+from tests.e2e.up_process import UpProcess
+from topologies.postgres import free_port
+from topologies.topology import TOPOLOGY_DIR, Topology, load
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+FAST = {"heartbeat_interval": 0.2, "worker_dead_after": 1, "region_dead_after": 2}
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value)  # a TOML basic string
+
+
+def on_free_ports(shipped: Topology, path: Path) -> Topology:
+    """The same topology (regions, workers, concurrency) on free ports, beating fast."""
+    lines = [f"name = {_toml(shipped.name)}", "[master]",
+             f"http_port = {free_port()}", f"grpc_port = {free_port()}", "[settings]"]
+    lines += [f"{k} = {_toml(v)}" for k, v in {**shipped.settings, **FAST}.items()]
+    for region in shipped.regions:
+        lines += ["[[regions]]", f"name = {_toml(region.name)}", f"grpc_port = {free_port()}",
+                  f"workers = {region.workers}", f"concurrency = {region.concurrency}"]
+        if region.settings:
+            pairs = ", ".join(f"{k} = {_toml(v)}" for k, v in region.settings.items())
+            lines.append(f"settings = {{ {pairs} }}")
+    path.write_text("\n".join(lines) + "\n")
+    copy = load(path)
+    assert [(r.name, r.workers, r.concurrency) for r in copy.regions] == \
+        [(r.name, r.workers, r.concurrency) for r in shipped.regions]
+    return copy
+
+
+class Run:
+    def __init__(self, up: UpProcess, topology: Topology) -> None:
+        self.up = up
+        self.topology = topology
+        self.api = f"http://127.0.0.1:{topology.master.http_port}"
+
+    def client(self) -> Client:
+        return Client(self.api, timeout_s=30)
+
+    def workers_of(self, region: str) -> set[str]:
+        spec = next(r for r in self.topology.regions if r.name == region)
+        return {f"{region}-w{i}" for i in range(1, spec.workers + 1)}
+
+    def worker_process(self, worker_id: str) -> psutil.Process:
+        found = [p for p in self.up.children() if _has_id(p, worker_id)]
+        assert len(found) == 1, found
+        return found[0]
+
+
+def _has_id(proc: psutil.Process, worker_id: str) -> bool:
+    try:
+        cmdline = proc.cmdline()
+    except psutil.NoSuchProcess:
+        return False
+    return any(a == "--id" and b == worker_id for a, b in itertools.pairwise(cmdline))
+
+
+@pytest.fixture
+def three_regions(tmp_path: Path, database_url: str) -> Iterator[Run]:
+    topology = on_free_ports(load(TOPOLOGY_DIR / "three-regions.toml"), tmp_path / "three.toml")
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(STRATA_DATABASE_URL=database_url, STRATA_LOG_LEVEL="INFO")
+    with UpProcess(tmp_path / "three.toml", env) as up:
+        run = Run(up, topology)
+        up.wait_for(f"ready: API at {run.api} (3 regions, 7 workers)")
+        yield run
+
+
+async def test_pinned_tasks_run_in_their_region_and_the_rest_spread_over_all(
+    three_regions: Run,
+) -> None:
+    regions = [r.name for r in three_regions.topology.regions]
+    assert regions == ["us-east", "eu-west", "ap-south"]
+    async with three_regions.client() as c:
+        up = {w["id"] for w in await c.workers() if w["state"] == "up"}
+        assert up == set().union(*(three_regions.workers_of(r) for r in regions))
+        pinned = {r: await c.create_batch([{"kind": "shell", "command": "echo pinned",
+                                            "region": r} for _ in range(10)])
+                  for r in regions}
+        # More than any two regions hold at once (capacity x 2: 48 + 32), so all three
+        # must take a share of the very first claims.
+        free = await c.create_batch([{"kind": "noop"} for _ in range(150)])
+        for region, ids in pinned.items():
+            for task_id in ids:
+                task = await c.wait(task_id, timeout_s=30)
+                assert task["state"] == "succeeded", task
+                assert task["region"] == region, task
+                assert task["worker_id"] in three_regions.workers_of(region), task
+                assert task["result"]["output"] == "pinned\n"
+        finished = [await c.wait(task_id, timeout_s=30) for task_id in free]
+    assert all(t["state"] == "succeeded" for t in finished)
+    for task in finished:
+        assert task["worker_id"] in three_regions.workers_of(task["region"]), task
+    per_region = Counter(t["region"] for t in finished)
+    assert set(per_region) == set(regions), per_region
+
+
+async def test_a_killed_worker_is_restarted_by_the_supervisor(three_regions: Run) -> None:
+    victim = three_regions.worker_process("us-east-w1")
+    async with three_regions.client() as c:
+        before = next(w for w in await c.workers() if w["id"] == "us-east-w1")
+        mark = len(three_regions.up.lines) - 1
+        victim.send_signal(signal.SIGKILL)
+        await three_regions.up.until(
+            lambda line: "us-east-w1 was killed by SIGKILL; restarting in" in line, after=mark)
+
+        async def back_up() -> bool:
+            return any(w["id"] == "us-east-w1" and w["state"] == "up"
+                       and w["health_address"] != before["health_address"]
+                       for w in await c.workers())
+
+        await wait_until(back_up, timeout_s=30, what="us-east-w1 back up as a new process")
+        assert three_regions.worker_process("us-east-w1").pid != victim.pid
+        assert not victim.is_running()
+        # The new process takes its turn in the region's round-robin.
+        ids = await c.create_batch([{"kind": "noop", "region": "us-east"} for _ in range(30)])
+        finished = [await c.wait(task_id, timeout_s=30) for task_id in ids]
+    assert all(t["state"] == "succeeded" for t in finished)
+    assert "us-east-w1" in {t["worker_id"] for t in finished}
+
+
+def test_ctrl_c_stops_workers_then_regions_then_the_master(three_regions: Run) -> None:
+    children = three_regions.up.children()
+    assert len(children) == 1 + 3 + 7, children
+    code = three_regions.up.interrupt()
+    lines = three_regions.up.lines
+    assert code == 0, "".join(lines[-40:])
+
+    def at(action: str) -> list[int]:
+        return [i for i, line in enumerate(lines) if f"action={action}" in line]
+
+    workers, regions, master = at("worker_stopped"), at("region_stopped"), at("master_stopped")
+    assert (len(workers), len(regions), len(master)) == (7, 3, 1), "".join(lines[-60:])
+    assert max(workers) < min(regions) and max(regions) < min(master)
+    assert "stopped" in lines[-1] and "restarting" not in "".join(lines)
+    alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, alive
