@@ -3,7 +3,8 @@
 One service per process kind: ``postgres``, ``master``, ``region-<name>`` per region and
 ``worker-<name>`` per region, scaled with ``--scale worker-<name>=N``. Every setting
 reaches its process as a ``STRATA_*`` variable. A ``chaos`` profile adds toxiproxy in
-front of every region link; ``STRATA_LINKS_VIA=toxiproxy`` routes the links through it."""
+front of the database and every region link; ``STRATA_LINKS_VIA=toxiproxy`` routes the
+links through it."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from topologies.yamlout import Node, dump
 POSTGRES_IMAGE = "postgres:16"
 TOXIPROXY_IMAGE = "ghcr.io/shopify/toxiproxy:2.12.0"
 DATABASE = "strata"  # database, user and password of the compose PostgreSQL
-DATABASE_URL = f"postgresql://{DATABASE}:{DATABASE}@postgres:5432/{DATABASE}"
+DATABASE_ADDRESS = "postgres:5432"
 WORKER_HTTP_PORT = 9100  # inside each worker container; never published (replicas share it)
 TOXIPROXY_API_PORT = 8474
-PROXY_BASE_PORT = 20000  # region i's proxies listen on 20000 + 10 i + (0, 1, 2)
+PROXY_BASE_PORT = 20000  # db's proxy; region i's on 20010 + 10 i + (0, 1, 2)
 LINKS_VIA = "STRATA_LINKS_VIA"  # compose variable: route region links through this host
 CHAOS_PROFILE = "chaos"
 RESTART = "unless-stopped"
@@ -93,37 +94,39 @@ def _link(direct: str, proxy_port: int) -> str:
 
 
 class _Proxies:
-    """Three toxiproxy proxies per region: its calls to the master, the master's calls to
-    it, and its workers' streams to it, so each can be faulted alone."""
+    """The chaos suite's links, each a toxiproxy proxy of its own so each can be faulted
+    alone: ``db`` (master to PostgreSQL), and per region ``<r>.to_master``,
+    ``<r>.from_master`` and ``<r>.workers`` (its workers' streams)."""
 
     def __init__(self, topology: Topology) -> None:
         self.master = f"master:{topology.master.grpc_port}"
+        self.regions = topology.regions
         self.index = {r.name: i for i, r in enumerate(topology.regions)}
 
     def _port(self, region: RegionSpec, link: int) -> int:
-        return PROXY_BASE_PORT + 10 * self.index[region.name] + link
+        return PROXY_BASE_PORT + 10 * (1 + self.index[region.name]) + link
+
+    def db(self) -> str:
+        return _link(DATABASE_ADDRESS, PROXY_BASE_PORT)
 
     def to_master(self, region: RegionSpec) -> str:
         return _link(self.master, self._port(region, 0))
 
-    def master_to(self, region: RegionSpec) -> str:
+    def from_master(self, region: RegionSpec) -> str:
         return _link(f"{region_service(region.name)}:{region.grpc_port}", self._port(region, 1))
 
-    def workers_to(self, region: RegionSpec) -> str:
+    def workers(self, region: RegionSpec) -> str:
         return _link(f"{region_service(region.name)}:{region.grpc_port}", self._port(region, 2))
 
-    def config(self, topology: Topology) -> list[dict[str, Any]]:
-        proxies: list[dict[str, Any]] = []
-        for region in topology.regions:
+    def config(self) -> list[dict[str, Any]]:
+        links = [("db", PROXY_BASE_PORT, DATABASE_ADDRESS)]
+        for region in self.regions:
             own = f"{region_service(region.name)}:{region.grpc_port}"
-            for link, name, upstream in (
-                (0, f"{region.name}-to-master", self.master),
-                (1, f"master-to-{region.name}", own),
-                (2, f"workers-to-{region.name}", own),
-            ):
-                proxies.append({"name": name, "listen": f"0.0.0.0:{self._port(region, link)}",
-                                "upstream": upstream, "enabled": True})
-        return proxies
+            links += [(f"{region.name}.to_master", self._port(region, 0), self.master),
+                      (f"{region.name}.from_master", self._port(region, 1), own),
+                      (f"{region.name}.workers", self._port(region, 2), own)]
+        return [{"name": name, "listen": f"0.0.0.0:{port}", "upstream": upstream,
+                 "enabled": True} for name, port, upstream in links]
 
 
 def _validate(topology: Topology, proxies: _Proxies) -> None:
@@ -136,7 +139,7 @@ def _validate(topology: Topology, proxies: _Proxies) -> None:
              *(r.grpc_port for r in topology.regions)}
     _check(TOXIPROXY_API_PORT not in ports,
            f"port {TOXIPROXY_API_PORT} is toxiproxy's API port in the compose deployment")
-    listen = {int(p["listen"].rsplit(":", 1)[1]) for p in proxies.config(topology)}
+    listen = {int(p["listen"].rsplit(":", 1)[1]) for p in proxies.config()}
     clash = sorted(ports & listen)
     _check(not clash, f"ports {', '.join(map(str, clash))} are taken by the chaos proxies "
                       f"({PROXY_BASE_PORT} and up)")
@@ -154,14 +157,15 @@ def _postgres() -> dict[str, Node]:
     }
 
 
-def _master(topology: Topology) -> dict[str, Node]:
+def _master(topology: Topology, proxies: _Proxies) -> dict[str, Node]:
     http, grpc = topology.master.http_port, topology.master.grpc_port
     return {
         "build": _BUILD,
         "command": ["master"],
         "init": True,
         "environment": _env(topology.settings, MasterSettings, {
-            "STRATA_DATABASE_URL": DATABASE_URL,
+            "STRATA_DATABASE_URL":
+                f"postgresql://{DATABASE}:{DATABASE}@{proxies.db()}/{DATABASE}",
             "STRATA_HTTP_HOST": "0.0.0.0", "STRATA_HTTP_PORT": str(http),
             "STRATA_GRPC_HOST": "0.0.0.0", "STRATA_GRPC_PORT": str(grpc),
         }),
@@ -182,7 +186,7 @@ def _region(topology: Topology, region: RegionSpec, proxies: _Proxies) -> dict[s
             "STRATA_NAME": region.name,
             "STRATA_GRPC_HOST": "0.0.0.0", "STRATA_GRPC_PORT": str(region.grpc_port),
             "STRATA_MASTER": proxies.to_master(region),
-            "STRATA_ADVERTISE": proxies.master_to(region),
+            "STRATA_ADVERTISE": proxies.from_master(region),
         }),
         "depends_on": _healthy("master"),
         "healthcheck": _port_check(region.grpc_port),
@@ -199,7 +203,7 @@ def _worker(topology: Topology, region: RegionSpec, proxies: _Proxies) -> dict[s
         "command": ["worker"],
         "init": True,  # reaps whatever a shell task leaves behind
         "environment": _env(settings, WorkerSettings, {
-            "STRATA_REGION": proxies.workers_to(region),
+            "STRATA_REGION": proxies.workers(region),
             "STRATA_CONCURRENCY": str(region.concurrency),
             "STRATA_HTTP_HOST": "0.0.0.0", "STRATA_HTTP_PORT": str(WORKER_HTTP_PORT),
         }),
@@ -233,7 +237,7 @@ def document(topology: Topology) -> dict[str, Node]:
     """The compose file as data (what :func:`render` writes out)."""
     proxies = _Proxies(topology)
     _validate(topology, proxies)
-    services: dict[str, Node] = {"postgres": _postgres(), "master": _master(topology)}
+    services: dict[str, Node] = {"postgres": _postgres(), "master": _master(topology, proxies)}
     for region in topology.regions:
         services[region_service(region.name)] = _region(topology, region, proxies)
     for region in topology.regions:
@@ -242,7 +246,7 @@ def document(topology: Topology) -> dict[str, Node]:
     return {
         "services": services,
         "volumes": {"pgdata": {}},
-        "configs": {"toxiproxy": {"content": _json_lines(proxies.config(topology))}},
+        "configs": {"toxiproxy": {"content": _json_lines(proxies.config())}},
     }
 
 
@@ -254,8 +258,8 @@ def render(topology: Topology) -> str:
         "",
         f"  docker compose -f FILE up --scale {worker_service(first)}=3",
         "",
-        "Chaos: toxiproxy (API on :8474) in front of every region link, proxies named",
-        f"{first}-to-master, master-to-{first} and workers-to-{first}:",
+        "Chaos: toxiproxy (API on :8474) on every link, with the chaos tests' proxy names",
+        f"(db, {first}.to_master, {first}.from_master, {first}.workers, ...):",
         "",
         f"  {LINKS_VIA}=toxiproxy docker compose -f FILE --profile {CHAOS_PROFILE} up",
     ])

@@ -105,7 +105,7 @@ def deployment(text: str, via: str | None) -> dict[str, Any]:
     return dict(doc)
 
 
-def settings_of(svc: dict[str, Any]) -> BaseSettings:
+def settings_of(svc: dict[str, Any]) -> Any:
     """The service's process settings, exactly as its process would read them."""
     cls = PROCESS_SETTINGS[svc["command"][0]]
     env = svc["environment"]
@@ -115,7 +115,7 @@ def settings_of(svc: dict[str, Any]) -> BaseSettings:
         assert key.removeprefix("STRATA_").lower() in cls.model_fields, \
             f"{key} is not a setting of {svc['command'][0]}"
     with mock.patch.dict(os.environ, env, clear=True):
-        return cls(_env_file=None)  # type: ignore[call-arg]
+        return cls(_env_file=None)
 
 
 def checked_port(svc: dict[str, Any]) -> int:
@@ -135,10 +135,13 @@ def listening(services: dict[str, Any], address: str, proxies: dict[int, str]) -
     if host == "toxiproxy":
         assert int(port) in proxies, f"{address}: toxiproxy has no proxy there"
         return listening(services, proxies[int(port)], {})
+    if host == "postgres":
+        assert port == "5432", address  # the official image's port
+        return address
     svc = services[host]
     settings = settings_of(svc)
-    assert settings.grpc_port == int(port), address  # type: ignore[attr-defined]
-    assert settings.grpc_host == "0.0.0.0", address  # type: ignore[attr-defined]
+    assert settings.grpc_port == int(port), address
+    assert settings.grpc_host == "0.0.0.0", address
     return address
 
 
@@ -150,12 +153,14 @@ def check(text: str, topology: Topology, via: str | None) -> None:
                 *(f"worker-{n}" for n in regions)} | ({"toxiproxy"} if via else set())
     assert set(services) == expected
 
-    proxies: dict[int, str] = {}
+    proxies: dict[int, str] = {}  # toxiproxy's listen port -> upstream
+    named: dict[str, int] = {}  # proxy name -> listen port
     if via:
         config = doc["configs"][services["toxiproxy"]["configs"][0]["source"]]["content"]
         listed = json.loads(config)
         proxies = {int(p["listen"].rsplit(":", 1)[1]): p["upstream"] for p in listed}
-        assert len(proxies) == len(listed) == 3 * len(regions), "proxy ports must be unique"
+        named = {p["name"]: int(p["listen"].rsplit(":", 1)[1]) for p in listed}
+        assert len(proxies) == len(named) == len(listed) == 1 + 3 * len(regions)
 
     for name, svc in services.items():
         assert ("image" in svc) != ("build" in svc), name
@@ -178,17 +183,20 @@ def check(text: str, topology: Topology, via: str | None) -> None:
     assert pg["image"].startswith("postgres:")
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
     master = settings_of(services["master"])
-    url = urlsplit(master.database_url)  # type: ignore[attr-defined]
-    assert (url.hostname, url.port, url.username, url.password, url.path) == (
-        "postgres", 5432, pg["environment"]["POSTGRES_USER"],
-        pg["environment"]["POSTGRES_PASSWORD"], "/" + pg["environment"]["POSTGRES_DB"])
+    url = urlsplit(master.database_url)
+    assert (url.username, url.password, url.path) == (
+        pg["environment"]["POSTGRES_USER"], pg["environment"]["POSTGRES_PASSWORD"],
+        "/" + pg["environment"]["POSTGRES_DB"])
+    assert listening(services, url.netloc.rsplit("@", 1)[1], proxies) == "postgres:5432"
+    # Each link by the name the chaos tests give it, and the address that takes it.
+    links = {"db": url.netloc.rsplit("@", 1)[1]}
 
     # Master: listens on every interface, publishes both ports, checks its readiness.
     spec = topology.master
     assert services["master"]["command"] == ["master"]
     assert services["master"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    assert (master.http_host, master.http_port) == ("0.0.0.0", spec.http_port)  # type: ignore[attr-defined]
-    assert (master.grpc_host, master.grpc_port) == ("0.0.0.0", spec.grpc_port)  # type: ignore[attr-defined]
+    assert (master.http_host, master.http_port) == ("0.0.0.0", spec.http_port)
+    assert (master.grpc_host, master.grpc_port) == ("0.0.0.0", spec.grpc_port)
     assert set(services["master"]["ports"]) == {f"{spec.http_port}:{spec.http_port}",
                                                 f"{spec.grpc_port}:{spec.grpc_port}"}
     assert checked_port(services["master"]) == spec.http_port
@@ -196,17 +204,16 @@ def check(text: str, topology: Topology, via: str | None) -> None:
         if key in MasterSettings.model_fields:
             assert services["master"]["environment"][f"STRATA_{key.upper()}"] == str(value)
 
-    used: list[str] = []
     for rname, region in regions.items():
         rsvc, wsvc = services[f"region-{rname}"], services[f"worker-{rname}"]
         rs = settings_of(rsvc)
-        assert rsvc["command"] == ["regional"] and rs.name == rname  # type: ignore[attr-defined]
+        assert rsvc["command"] == ["regional"] and rs.name == rname
         assert rsvc["depends_on"] == {"master": {"condition": "service_healthy"}}
         assert "ports" not in rsvc
         assert checked_port(rsvc) == region.grpc_port
         # It reaches the master, and the master reaches it back, by service name.
-        assert listening(services, rs.master, proxies) == f"master:{spec.grpc_port}"  # type: ignore[attr-defined]
-        advertised = rs.advertised_address  # type: ignore[attr-defined]
+        assert listening(services, rs.master, proxies) == f"master:{spec.grpc_port}"
+        advertised = rs.advertised_address
         assert listening(services, advertised, proxies) == f"region-{rname}:{region.grpc_port}"
 
         ws = settings_of(wsvc)
@@ -214,29 +221,30 @@ def check(text: str, topology: Topology, via: str | None) -> None:
         assert wsvc["depends_on"] == {f"region-{rname}": {"condition": "service_healthy"}}
         assert wsvc["deploy"]["replicas"] == region.workers
         assert "ports" not in wsvc, "replicas cannot share published ports"
-        assert ws.id is None, "replicas need ids of their own"  # type: ignore[attr-defined]
-        assert ws.concurrency == region.concurrency  # type: ignore[attr-defined]
-        assert ws.http_host == "0.0.0.0"  # type: ignore[attr-defined]
-        assert checked_port(wsvc) == ws.http_port != 0  # type: ignore[attr-defined]
-        assert listening(services, ws.region, proxies) == f"region-{rname}:{region.grpc_port}"  # type: ignore[attr-defined]
+        assert ws.id is None, "replicas need ids of their own"
+        assert ws.concurrency == region.concurrency
+        assert ws.http_host == "0.0.0.0"
+        assert checked_port(wsvc) == ws.http_port != 0
+        assert listening(services, ws.region, proxies) == \
+            f"region-{rname}:{region.grpc_port}"
         for key, value in {**topology.settings, **region.settings}.items():
             for svc in (rsvc, wsvc):
                 cls = PROCESS_SETTINGS[svc["command"][0]]
                 if key in cls.model_fields and key != "id":
                     assert svc["environment"][f"STRATA_{key.upper()}"] == str(value)
-        used += [rs.master, advertised, ws.region]  # type: ignore[attr-defined]
+        links |= {f"{rname}.to_master": rs.master, f"{rname}.from_master": advertised,
+                  f"{rname}.workers": ws.region}
 
     if via:
         # Every link goes through a proxy of its own, so each can be faulted alone.
-        assert all(a.startswith(f"{via}:") for a in used), used
-        assert sorted(int(a.rsplit(":", 1)[1]) for a in used) == sorted(proxies)
+        assert links == {name: f"{via}:{port}" for name, port in named.items()}
         tp = services["toxiproxy"]
         assert tp["profiles"] == ["chaos"]
         assert "8474:8474" in tp["ports"]
         assert "-config=/toxiproxy.json" in tp["command"]
         assert tp["configs"][0]["target"] == "/toxiproxy.json"
     else:
-        assert not any("toxiproxy" in a for a in used), used
+        assert not any("toxiproxy" in a for a in links.values()), links
 
 
 @pytest.mark.parametrize("via", [None, "toxiproxy"], ids=["direct", "chaos"])
@@ -299,6 +307,7 @@ REGION = "[[regions]]\nname = '{name}'\ngrpc_port = {port}\n"
     (REGION.format(name="a", port=8474), "8474 is toxiproxy's API port"),
     (REGION.format(name="a", port=6000) + REGION.format(name="b", port=20000),
      "ports 20000 are taken by the chaos proxies"),
+    (REGION.format(name="a", port=20012), "ports 20012 are taken by the chaos proxies"),
 ])
 def test_what_compose_cannot_deploy_is_refused(text: str, message: str) -> None:
     topology = parse(text, "t.toml")  # fine for `strata up`
