@@ -51,9 +51,13 @@ def _parse_when(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError("must be an ISO 8601 date-time string")
     try:
-        return as_utc(datetime.fromisoformat(value))
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"not an ISO 8601 date-time: {value!r}") from None
+    try:
+        return as_utc(parsed)
+    except OverflowError:
+        raise ValueError(f"out of range in UTC: {value!r}") from None
 
 
 When = Annotated[datetime, BeforeValidator(_parse_when)]

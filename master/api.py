@@ -21,7 +21,7 @@ from common.errors import (
     Unavailable,
 )
 from common.models import TaskState, parse_batch, parse_new_task
-from common.timeutil import rfc3339, utcnow
+from common.timeutil import as_utc, rfc3339, utcnow
 from master.control import Control
 
 logger = logging.getLogger(__name__)
@@ -96,8 +96,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, _, ident = raw.partition("|")
-        return datetime.fromisoformat(when), uuid.UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return as_utc(datetime.fromisoformat(when)), uuid.UUID(ident)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput("cursor: not a cursor this API returned") from None
 
 
@@ -114,10 +114,11 @@ def _parse_scheduled_at(value: Any) -> datetime:
             raise InvalidInput("scheduled_at: out of range") from None
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value)
+            return as_utc(datetime.fromisoformat(value))
         except ValueError:
             raise InvalidInput(f"scheduled_at: not an RFC 3339 date-time: {value!r}") from None
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except OverflowError:
+            raise InvalidInput(f"scheduled_at: out of range in UTC: {value!r}") from None
     raise InvalidInput("scheduled_at: must be RFC 3339 text or unix seconds")
 
 

@@ -42,6 +42,11 @@ def grpc_errors(fn: Handler) -> Handler:
     return inner
 
 
+def _text(value: str) -> str | None:
+    """Output is whatever a process printed; PostgreSQL text cannot hold NUL."""
+    return value.replace("\x00", "\ufffd") or None
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     started: list[Started]
@@ -69,7 +74,7 @@ def split_events(events: list[pb.TaskEvent]) -> Report:
                 started_at=from_unix(e.started_at),
                 finished_at=from_unix(e.finished_at) or utcnow(),
                 exit_code=e.exit_code if e.has_exit_code else None,
-                output=e.output or None, error=e.error or None,
+                output=_text(e.output), error=_text(e.error),
             )
         elif e.type == pb.EVENT_TYPE_RETURNED:
             returned.append((uuid.UUID(e.task_id), e.attempt))

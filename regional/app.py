@@ -23,8 +23,16 @@ FLUSH_TIMEOUT_S = 5.0
 async def _watch_workers(coordinator: Coordinator, settings: RegionalSettings) -> None:
     dead_after = settings.worker_dead_after.total_seconds()
     period = min(settings.heartbeat_interval.total_seconds(), dead_after) / 2
+    loop = asyncio.get_running_loop()
     while True:
+        before = loop.time()
         await asyncio.sleep(period)
+        overslept = loop.time() - before - period
+        if overslept > dead_after / 2:
+            # We were the ones frozen (a stop signal, a stalled host): the workers' beats
+            # wait unread in their streams. Read them before judging anyone silent.
+            coordinator.forgive_stall(overslept)
+            continue
         coordinator.evict_silent(dead_after)
 
 

@@ -224,6 +224,15 @@ class Coordinator:
         )
         self._on_capacity_change()
 
+    def forgive_stall(self, stalled_s: float) -> None:
+        now = time.monotonic()
+        for worker in self._workers.values():
+            worker.last_beat = now
+        logger.warning(
+            "this region stalled for %.1fs; workers get a fresh heartbeat window", stalled_s,
+            extra={"action": "region_stalled", "region": self.name},
+        )
+
     def evict_silent(self, dead_after_s: float) -> list[str]:
         now = time.monotonic()
         silent = [w for w in self._workers.values() if now - w.last_beat > dead_after_s]

@@ -141,3 +141,12 @@ def test_missing_times_fall_back_to_now():
 def test_unspecified_events_are_dropped():
     report = split_events([event(uuid.uuid4(), pb.EVENT_TYPE_UNSPECIFIED)])
     assert (report.started, report.finished, report.returned) == ([], [], [])
+
+
+def test_nul_in_output_is_replaced_so_the_batch_can_be_stored() -> None:
+    report = split_events([
+        pb.TaskEvent(task_id=str(uuid.uuid4()), attempt=1, type=pb.EVENT_TYPE_FAILED,
+                     output="a\x00b", error="bad\x00", finished_at=1.0)
+    ])
+    (result,) = report.finished
+    assert result.output == "a\ufffdb" and result.error == "bad\ufffd"

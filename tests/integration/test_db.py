@@ -1,0 +1,834 @@
+"""master.db.Database against a real PostgreSQL: claims, fencing, retries, regions, schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import pytest
+
+from common.models import NewTask, TaskState, parse_batch, parse_new_task
+from master.db import Claimed, Database, Finished, Q, RegionRoom, Started
+from topologies.postgres import EmbeddedPostgres
+
+pytestmark = pytest.mark.integration
+
+# Read here rather than through master.db, so the test does not share its loader.
+MIGRATIONS = sorted(
+    (int(m.group(1)), entry.name)
+    for entry in resources.files("sql").joinpath("migrations").iterdir()
+    if (m := re.match(r"^(\d+)_.*\.sql$", entry.name))
+)
+
+BACKOFF = timedelta(seconds=60)
+BACKOFF_MAX = timedelta(hours=1)
+# Slack between the Python clock and PostgreSQL's now(), both on this machine.
+CLOCK_SLACK = timedelta(seconds=2)
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_task(**fields: Any) -> NewTask:
+    if isinstance(fields.get("run_at"), datetime):
+        fields["run_at"] = fields["run_at"].isoformat()
+    return parse_new_task({"kind": "noop", **fields})
+
+
+def due_task(**fields: Any) -> NewTask:
+    """A task due a minute ago, so no clock skew can make it not yet due."""
+    return new_task(run_at=utcnow() - timedelta(minutes=1), **fields)
+
+
+def finished(
+    claimed: Claimed, *, ok: bool, worker_id: str = "w-1", exit_code: int | None = 0,
+    output: str | None = "out", error: str | None = None, at: datetime | None = None,
+) -> Finished:
+    at = at or utcnow()
+    return Finished(
+        id=claimed.id, attempt=claimed.attempt, ok=ok, worker_id=worker_id,
+        started_at=at - timedelta(seconds=1), finished_at=at, exit_code=exit_code,
+        output=output, error=error,
+    )
+
+
+async def apply(
+    db: Database, started: Sequence[Started] = (), done: Sequence[Finished] = (),
+    *, backoff_base: timedelta = BACKOFF, backoff_max: timedelta = BACKOFF_MAX,
+) -> list[tuple[uuid.UUID, int]]:
+    return await db.apply_events(
+        started, done, backoff_base=backoff_base, backoff_max=backoff_max
+    )
+
+
+@pytest.fixture
+async def raw(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection for test setup (ageing rows) and for reading raw columns."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def make_due(raw: asyncpg.Connection, task_id: uuid.UUID) -> None:
+    """Test setup: skip a retry's backoff."""
+    await raw.execute("UPDATE tasks SET run_at = now() - interval '1 second' WHERE id = $1",
+                      task_id)
+
+
+async def claim_one(db: Database, task_id: uuid.UUID, region: str = "a") -> Claimed:
+    claimed = await db.claim(region, 10)
+    assert [c.id for c in claimed] == [task_id]
+    return claimed[0]
+
+
+# ---- insert ---------------------------------------------------------------------------
+
+
+async def test_insert_one_task(db: Database) -> None:
+    task = new_task(priority=3, region="eu", max_attempts=2, timeout_s=9.5)
+    await db.insert_tasks([task])
+
+    stored = await db.get_task(task.id)
+    assert stored is not None
+    assert stored.state is TaskState.PENDING
+    assert stored.attempt == 0
+    assert (stored.kind, stored.payload) == ("noop", {})
+    assert (stored.priority, stored.region, stored.max_attempts, stored.timeout_s) == (
+        3, "eu", 2, 9.5,
+    )
+    assert stored.run_at == task.run_at
+    assert stored.assigned_region is None
+    assert stored.worker_id is None
+    assert stored.picked_at is stored.started_at is stored.finished_at is None
+
+
+async def test_insert_ten_thousand_tasks_in_one_call(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    tasks = parse_batch(
+        {"tasks": [{"kind": "shell", "command": f"echo {i}", "priority": i % 7}
+                   for i in range(10_000)]}
+    )
+    await db.insert_tasks(tasks)
+
+    rows = await raw.fetch("SELECT id, state, attempt, payload->>'command' AS c FROM tasks")
+    assert len(rows) == 10_000
+    assert {r["id"] for r in rows} == {t.id for t in tasks}
+    assert {(r["state"], r["attempt"]) for r in rows} == {("pending", 0)}
+    assert {r["c"] for r in rows} == {f"echo {i}" for i in range(10_000)}
+    assert await db.counts_by_state() == {"pending": 10_000}
+
+
+# ---- claim ----------------------------------------------------------------------------
+
+
+async def test_claim_takes_due_tasks_by_priority_then_run_at(db: Database) -> None:
+    now = utcnow()
+    low_old = new_task(priority=-1, run_at=now - timedelta(minutes=10))
+    mid = new_task(priority=0, run_at=now - timedelta(minutes=3))
+    high_newer = new_task(priority=5, run_at=now - timedelta(minutes=1))
+    high_older = new_task(priority=5, run_at=now - timedelta(minutes=2))
+    future = new_task(priority=100, run_at=now + timedelta(hours=1))
+    await db.insert_tasks([low_old, mid, high_newer, high_older, future])
+
+    claimed = await db.claim("a", 10)
+
+    assert [c.id for c in claimed] == [high_older.id, high_newer.id, mid.id, low_old.id]
+    assert all(c.attempt == 1 and c.kind == "noop" for c in claimed)
+    before_claim = utcnow()
+    for c in claimed:
+        row = await db.get_task(c.id)
+        assert row is not None
+        assert row.state is TaskState.DISPATCHED
+        assert row.attempt == 1
+        assert row.assigned_region == "a"
+        assert row.picked_at is not None
+        assert row.picked_at <= before_claim + CLOCK_SLACK
+    not_due = await db.get_task(future.id)
+    assert not_due is not None
+    assert (not_due.state, not_due.attempt, not_due.picked_at) == (TaskState.PENDING, 0, None)
+    assert await db.claim("a", 10) == []
+
+
+async def test_claim_respects_limit_and_takes_the_most_urgent(db: Database) -> None:
+    tasks = [due_task(priority=p) for p in (1, 9, 4, 7, 2)]
+    await db.insert_tasks(tasks)
+
+    first = await db.claim("a", 2)
+    assert [c.priority for c in first] == [9, 7]
+    second = await db.claim("a", 2)
+    assert [c.priority for c in second] == [4, 2]
+    third = await db.claim("a", 2)
+    assert [c.priority for c in third] == [1]
+    assert await db.counts_by_state() == {"dispatched": 5}
+
+
+async def test_pinned_task_goes_only_to_its_region(db: Database) -> None:
+    pinned = due_task(region="b")
+    await db.insert_tasks([pinned])
+
+    assert await db.claim("a", 10) == []
+    claimed = await claim_one(db, pinned.id, region="b")
+    row = await db.get_task(claimed.id)
+    assert row is not None
+    assert (row.state, row.assigned_region, row.region) == (TaskState.DISPATCHED, "b", "b")
+
+
+@pytest.mark.parametrize("region", ["a", "b"])
+async def test_unpinned_task_goes_to_any_region(db: Database, region: str) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    await claim_one(db, task.id, region=region)
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.assigned_region == region
+
+
+async def test_concurrent_claims_never_share_a_task(database_url: str, db: Database) -> None:
+    tasks = [due_task(priority=i % 3) for i in range(1_000)]
+    await db.insert_tasks(tasks)
+    other = await Database.connect(database_url)
+    try:
+        first, second = await asyncio.gather(db.claim("a", 500), other.claim("b", 500))
+    finally:
+        await other.close()
+
+    first_ids = {c.id for c in first}
+    second_ids = {c.id for c in second}
+    assert len(first) == len(first_ids) == 500
+    assert len(second) == len(second_ids) == 500
+    assert not first_ids & second_ids
+    assert first_ids | second_ids == {t.id for t in tasks}
+    assert await db.counts_by_state() == {"dispatched": 1_000}
+
+
+async def test_claim_skips_rows_locked_elsewhere_without_waiting(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    tasks = [due_task() for _ in range(20)]
+    await db.insert_tasks(tasks)
+    async with raw.transaction():
+        locked = {r["id"] for r in await raw.fetch(
+            "SELECT id FROM tasks ORDER BY id LIMIT 5 FOR UPDATE"
+        )}
+        claimed = await asyncio.wait_for(db.claim("a", 100), timeout=10)
+    assert len(claimed) == 15
+    assert not {c.id for c in claimed} & locked
+    assert {c.id for c in claimed} | locked == {t.id for t in tasks}
+
+
+# ---- apply_events: fencing ------------------------------------------------------------
+
+
+async def test_finished_with_current_attempt_is_written(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+    at = utcnow().replace(microsecond=123456)
+
+    stale = await apply(db, done=[finished(claimed, ok=True, worker_id="w-7", exit_code=0,
+                                           output="hello\n", error=None, at=at)])
+
+    assert stale == []
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.SUCCEEDED
+    assert (row.result.exit_code, row.result.output, row.result.error) == (0, "hello\n", None)
+    assert row.finished_at == at
+    assert row.started_at == at - timedelta(seconds=1)
+    assert row.worker_id == "w-7"
+    assert row.attempt == 1
+
+
+async def test_finished_with_older_attempt_is_stale_and_writes_nothing(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    first = await claim_one(db, task.id)
+    assert await db.return_to_pending([(first.id, first.attempt)]) == 1
+    second = await claim_one(db, task.id, region="b")
+    assert second.attempt == first.attempt + 1
+
+    stale = await apply(db, done=[finished(first, ok=True, worker_id="late", exit_code=3,
+                                           output="late", error="boom")])
+
+    assert stale == [(task.id, first.attempt)]
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.DISPATCHED
+    assert row.attempt == second.attempt
+    assert row.assigned_region == "b"
+    assert row.worker_id is None
+    assert row.started_at is row.finished_at is None
+    assert (row.result.exit_code, row.result.output, row.result.error) == (None, None, None)
+
+
+async def test_stale_and_fresh_events_in_one_batch(db: Database) -> None:
+    old, fresh = due_task(priority=1), due_task(priority=0)
+    await db.insert_tasks([old, fresh])
+    old_first, fresh_claim = await db.claim("a", 10)
+    await db.return_to_pending([(old_first.id, old_first.attempt)])
+    await claim_one(db, old.id)
+
+    stale = await apply(db, done=[finished(old_first, ok=True), finished(fresh_claim, ok=True)])
+
+    assert stale == [(old.id, old_first.attempt)]
+    fresh_row, old_row = await db.get_task(fresh.id), await db.get_task(old.id)
+    assert fresh_row is not None and old_row is not None
+    assert fresh_row.state is TaskState.SUCCEEDED
+    assert old_row.state is TaskState.DISPATCHED
+
+
+async def test_started_moves_dispatched_to_running(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+    at = utcnow().replace(microsecond=654321)
+
+    stale = await apply(db, started=[Started(id=claimed.id, attempt=claimed.attempt,
+                                             worker_id="w-2", started_at=at)])
+
+    assert stale == []
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.RUNNING
+    assert row.started_at == at
+    assert row.worker_id == "w-2"
+    assert row.finished_at is None
+
+
+async def test_started_with_older_attempt_is_stale(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    first = await claim_one(db, task.id)
+    await db.return_to_pending([(first.id, first.attempt)])
+    await claim_one(db, task.id)
+
+    stale = await apply(db, started=[Started(id=first.id, attempt=first.attempt,
+                                             worker_id="late", started_at=utcnow())])
+
+    assert stale == [(task.id, first.attempt)]
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert (row.state, row.worker_id, row.started_at) == (TaskState.DISPATCHED, None, None)
+
+
+async def test_events_for_a_cancelled_task_are_stale(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+    outcome = await db.cancel_task(task.id)
+    assert outcome is not None and outcome.cancelled
+
+    stale = await apply(
+        db,
+        started=[Started(id=claimed.id, attempt=claimed.attempt, worker_id="w",
+                         started_at=utcnow())],
+        done=[finished(claimed, ok=True, exit_code=0, output="done")],
+    )
+
+    assert stale == [(task.id, claimed.attempt), (task.id, claimed.attempt)]
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.CANCELLED
+    assert row.worker_id is None
+    assert row.started_at is None
+    assert (row.result.exit_code, row.result.output) == (None, None)
+
+
+# ---- apply_events: retries ------------------------------------------------------------
+
+
+async def _failures(raw: asyncpg.Connection, task_id: uuid.UUID) -> int:
+    value: int = await raw.fetchval("SELECT failures FROM tasks WHERE id = $1", task_id)
+    return value
+
+
+def _assert_backoff(run_at: datetime, before: datetime, after: datetime, base: timedelta) -> None:
+    """run_at is base from the failure, give or take the 25% jitter."""
+    assert before + base * 0.75 - CLOCK_SLACK <= run_at <= after + base * 1.25 + CLOCK_SLACK
+
+
+async def test_failure_with_attempts_left_goes_back_to_pending_with_backoff(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    task = due_task(max_attempts=3)
+    await db.insert_tasks([task])
+
+    # First failure: about one backoff_base away.
+    claimed = await claim_one(db, task.id)
+    before = utcnow()
+    assert await apply(db, done=[finished(claimed, ok=False, exit_code=1, error="exit 1")]) == []
+    after = utcnow()
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.PENDING
+    assert row.assigned_region is None
+    assert row.finished_at is None
+    assert row.run_at > after
+    _assert_backoff(row.run_at, before, after, BACKOFF)
+    assert await _failures(raw, task.id) == 1
+    # Not due during its backoff.
+    assert await db.claim("a", 10) == []
+
+    # Second failure: the backoff doubles.
+    await make_due(raw, task.id)
+    claimed = await claim_one(db, task.id)
+    assert claimed.attempt == 2
+    before = utcnow()
+    await apply(db, done=[finished(claimed, ok=False, exit_code=1, error="exit 1")])
+    after = utcnow()
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.PENDING
+    _assert_backoff(row.run_at, before, after, BACKOFF * 2)
+    assert await _failures(raw, task.id) == 2
+
+    # Third failure: no attempts left.
+    await make_due(raw, task.id)
+    claimed = await claim_one(db, task.id)
+    at = utcnow()
+    await apply(db, done=[finished(claimed, ok=False, exit_code=2, error="exit 2", at=at)])
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.FAILED
+    assert row.finished_at == at
+    assert (row.result.exit_code, row.result.error) == (2, "exit 2")
+    assert row.attempt == 3
+    assert await _failures(raw, task.id) == 3
+    assert await db.claim("a", 10) == []
+
+
+async def test_backoff_is_capped_by_backoff_max(db: Database) -> None:
+    task = due_task(max_attempts=2)
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+    cap = timedelta(seconds=10)
+
+    before = utcnow()
+    await apply(db, done=[finished(claimed, ok=False)], backoff_base=timedelta(hours=1),
+                backoff_max=cap)
+    after = utcnow()
+
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.PENDING
+    _assert_backoff(row.run_at, before, after, cap)
+
+
+async def test_single_attempt_failure_ends_failed(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+    await apply(db, done=[finished(claimed, ok=False, exit_code=1)])
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.FAILED
+    assert row.finished_at is not None
+
+
+async def test_success_after_a_failure_ends_succeeded(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    task = due_task(max_attempts=3)
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+    await apply(db, done=[finished(claimed, ok=False, exit_code=1, error="flaky")])
+    await make_due(raw, task.id)
+    claimed = await claim_one(db, task.id)
+
+    at = utcnow()
+    await apply(db, done=[finished(claimed, ok=True, exit_code=0, output="ok", at=at)])
+
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.SUCCEEDED
+    assert row.attempt == 2
+    assert row.finished_at == at
+    assert (row.result.exit_code, row.result.output, row.result.error) == (0, "ok", None)
+    assert await _failures(raw, task.id) == 1
+
+
+# ---- return_to_pending ----------------------------------------------------------------
+
+
+async def test_return_to_pending_needs_the_matching_attempt(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+
+    assert await db.return_to_pending([(task.id, claimed.attempt - 1)]) == 0
+    assert await db.return_to_pending([(task.id, claimed.attempt + 1)]) == 0
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert (row.state, row.assigned_region) == (TaskState.DISPATCHED, "a")
+
+    assert await db.return_to_pending([(task.id, claimed.attempt)]) == 1
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.PENDING
+    assert row.assigned_region is None
+    assert row.worker_id is None
+    assert row.attempt == claimed.attempt
+    # Back at once, not after a backoff.
+    assert [c.id for c in await db.claim("b", 10)] == [task.id]
+
+
+async def test_return_to_pending_also_takes_running_tasks_back(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+    await apply(db, started=[Started(id=claimed.id, attempt=claimed.attempt, worker_id="w",
+                                     started_at=utcnow())])
+    assert await db.return_to_pending([(task.id, claimed.attempt)]) == 1
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert (row.state, row.worker_id) == (TaskState.PENDING, None)
+
+
+async def test_return_to_pending_leaves_pending_and_finished_tasks_alone(db: Database) -> None:
+    waiting, done = due_task(priority=0), due_task(priority=1)
+    await db.insert_tasks([waiting, done])
+    (claimed,) = await db.claim("a", 1)
+    assert claimed.id == done.id
+    await apply(db, done=[finished(claimed, ok=True)])
+
+    assert await db.return_to_pending([(waiting.id, 0), (done.id, claimed.attempt)]) == 0
+    assert await db.counts_by_state() == {"pending": 1, "succeeded": 1}
+
+
+async def test_hand_back_is_not_a_failure(db: Database, raw: asyncpg.Connection) -> None:
+    task = due_task(max_attempts=2)
+    await db.insert_tasks([task])
+    for region in ("a", "b", "a"):
+        claimed = await claim_one(db, task.id, region=region)
+        assert await db.return_to_pending([(task.id, claimed.attempt)]) == 1
+    assert await _failures(raw, task.id) == 0
+
+    # Three hand-backs, then one real failure: one attempt is still left.
+    claimed = await claim_one(db, task.id)
+    assert claimed.attempt == 4
+    await apply(db, done=[finished(claimed, ok=False)])
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.PENDING
+    assert await _failures(raw, task.id) == 1
+
+
+# ---- next_due ---------------------------------------------------------------------------
+
+
+async def test_next_due_is_the_earliest_pending_run_at(db: Database) -> None:
+    assert await db.next_due() is None
+    now = utcnow()
+    earliest_but_claimed = new_task(run_at=now - timedelta(hours=1))
+    await db.insert_tasks([earliest_but_claimed])
+    await claim_one(db, earliest_but_claimed.id)
+    assert await db.next_due() is None
+
+    later = new_task(run_at=now + timedelta(hours=2))
+    sooner = new_task(run_at=now + timedelta(hours=1))
+    await db.insert_tasks([later, sooner])
+    assert await db.next_due() == sooner.run_at
+
+    outcome = await db.cancel_task(sooner.id)
+    assert outcome is not None and outcome.cancelled
+    assert await db.next_due() == later.run_at
+
+
+# ---- regions --------------------------------------------------------------------------
+
+WORKERS = [
+    {"id": "w-1", "capacity": 4, "running": 1, "last_heartbeat": 1.7e9,
+     "health_address": "127.0.0.1:9001"},
+    {"id": "w-2", "capacity": 4, "running": 0, "last_heartbeat": 1.7e9, "health_address": ""},
+]
+
+
+async def _upsert(db: Database, name: str, **overrides: Any) -> None:
+    fields: dict[str, Any] = {
+        "address": f"{name}.example:50061", "capacity": 8, "max_outstanding": 16,
+        "running": 2, "queued": 3, "workers": WORKERS,
+    }
+    fields.update(overrides)
+    await db.upsert_region(name=name, **fields)
+
+
+async def test_upsert_and_list_regions(db: Database) -> None:
+    assert await db.list_regions(timedelta(seconds=30)) == []
+    await _upsert(db, "b")
+    await _upsert(db, "a", workers=[])
+
+    regions = await db.list_regions(timedelta(seconds=30))
+
+    assert [r.name for r in regions] == ["a", "b"]
+    b = regions[1]
+    assert (b.address, b.state, b.live) == ("b.example:50061", "up", True)
+    assert (b.capacity, b.max_outstanding, b.running, b.queued) == (8, 16, 2, 3)
+    assert b.workers == WORKERS
+    assert b.stale_results == 0
+    assert b.registered_at <= b.last_heartbeat
+    assert regions[0].workers == []
+
+
+async def test_upsert_updates_an_existing_region(db: Database) -> None:
+    await _upsert(db, "a")
+    (before,) = await db.list_regions(timedelta(seconds=30))
+    await _upsert(db, "a", address="moved:1", capacity=1, max_outstanding=2, running=0,
+                  queued=0, workers=WORKERS[:1])
+    await db.count_stale("a", 4)
+    (after,) = await db.list_regions(timedelta(seconds=30))
+    assert (after.address, after.capacity, after.max_outstanding, after.running, after.queued) \
+        == ("moved:1", 1, 2, 0, 0)
+    assert after.workers == WORKERS[:1]
+    assert after.registered_at == before.registered_at
+    assert after.last_heartbeat >= before.last_heartbeat
+    assert after.stale_results == 4
+
+
+async def test_silent_or_down_region_has_no_room(db: Database, raw: asyncpg.Connection) -> None:
+    for name in ("fresh", "silent", "down"):
+        await _upsert(db, name)
+    await raw.execute(
+        "UPDATE regions SET last_heartbeat = now() - interval '1 minute' WHERE name = 'silent'"
+    )
+    await raw.execute("UPDATE regions SET state = 'down' WHERE name = 'down'")
+    dead_after = timedelta(seconds=30)
+
+    assert await db.region_room(dead_after) == [
+        RegionRoom(name="fresh", address="fresh.example:50061", room=16)
+    ]
+    listed = {r.name: r.live for r in await db.list_regions(dead_after)}
+    assert listed == {"down": False, "fresh": True, "silent": False}
+    # With a longer timeout the silent region still counts.
+    assert [r.name for r in await db.region_room(timedelta(minutes=5))] == ["fresh", "silent"]
+
+    # A heartbeat brings both back.
+    await _upsert(db, "silent")
+    await _upsert(db, "down")
+    assert [r.name for r in await db.region_room(dead_after)] == ["down", "fresh", "silent"]
+
+
+async def test_region_room_is_max_outstanding_less_tasks_in_flight(db: Database) -> None:
+    await _upsert(db, "a", max_outstanding=10)
+    await _upsert(db, "b", max_outstanding=5)
+    await _upsert(db, "idle", max_outstanding=3)
+    await db.insert_tasks([due_task() for _ in range(8)])
+    in_a = await db.claim("a", 3)
+    in_b = await db.claim("b", 2)
+    # Claimed by a region that never registered: counted nowhere it matters.
+    await db.claim("ghost", 1)
+    # One of a's starts (still in flight); one of b's finishes (no longer in flight);
+    # one of a's is handed back (no longer in flight).
+    await apply(
+        db,
+        started=[Started(id=in_a[0].id, attempt=in_a[0].attempt, worker_id="w",
+                         started_at=utcnow())],
+        done=[finished(in_b[0], ok=True)],
+    )
+    assert await db.return_to_pending([(in_a[1].id, in_a[1].attempt)]) == 1
+
+    rooms = await db.region_room(timedelta(seconds=30))
+
+    assert [(r.name, r.room) for r in rooms] == [("a", 10 - 2), ("b", 5 - 1), ("idle", 3)]
+
+
+# ---- cancel ---------------------------------------------------------------------------
+
+
+async def test_cancel_pending_task(db: Database) -> None:
+    task = new_task(run_at=utcnow() + timedelta(hours=1))
+    await db.insert_tasks([task])
+
+    outcome = await db.cancel_task(task.id)
+
+    assert outcome is not None
+    assert outcome.cancelled is True
+    assert outcome.previous_state == "pending"
+    assert (outcome.assigned_region, outcome.attempt) == (None, 0)
+    row = await db.get_task(task.id)
+    assert row is not None
+    assert row.state is TaskState.CANCELLED
+    assert row.finished_at is not None
+    assert await db.next_due() is None
+
+
+async def test_cancel_dispatched_task_reports_where_it_runs(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id, region="b")
+
+    outcome = await db.cancel_task(task.id)
+
+    assert outcome is not None
+    assert outcome.cancelled is True
+    assert (outcome.previous_state, outcome.assigned_region, outcome.attempt) == (
+        "dispatched", "b", claimed.attempt,
+    )
+    assert await db.counts_by_state() == {"cancelled": 1}
+
+
+async def test_cancel_finished_task_is_refused(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+    await apply(db, done=[finished(claimed, ok=True)])
+    row_before = await db.get_task(task.id)
+
+    outcome = await db.cancel_task(task.id)
+
+    assert outcome is not None
+    assert outcome.cancelled is False
+    assert outcome.previous_state == "succeeded"
+    assert await db.get_task(task.id) == row_before
+
+
+async def test_cancel_twice_is_refused_the_second_time(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    first = await db.cancel_task(task.id)
+    second = await db.cancel_task(task.id)
+    assert first is not None and first.cancelled
+    assert second is not None
+    assert (second.cancelled, second.previous_state) == (False, "cancelled")
+
+
+async def test_cancel_unknown_task(db: Database) -> None:
+    assert await db.cancel_task(uuid.uuid4()) is None
+
+
+# ---- migrations -----------------------------------------------------------------------
+
+
+async def test_migrate_again_is_a_no_op(db: Database, raw: asyncpg.Connection) -> None:
+    before = await raw.fetch("SELECT version, name, applied_at FROM schema_migrations")
+    assert await db.migrate() == []
+    assert await db.migrate() == []
+    after = await raw.fetch("SELECT version, name, applied_at FROM schema_migrations")
+    assert sorted(map(tuple, after)) == sorted(map(tuple, before))
+    assert sorted(r["version"] for r in after) == [v for v, _ in MIGRATIONS]
+
+
+async def test_concurrent_migrations_on_an_empty_database_apply_once(
+    postgres: EmbeddedPostgres,
+) -> None:
+    name = f"fresh_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(postgres.url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            await _migrate_twice_at_once(postgres.url_for(name))
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _migrate_twice_at_once(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('tasks')") is None
+    finally:
+        await conn.close()
+    first = await Database.connect(url, pool_size=2)
+    second = await Database.connect(url, pool_size=2)
+    try:
+        results = await asyncio.gather(first.migrate(), second.migrate())
+        again = await first.migrate()
+    finally:
+        await first.close()
+        await second.close()
+
+    names = [name for _, name in MIGRATIONS]
+    assert sorted(results, key=len) == [[], names]
+    assert again == []
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+        assert await conn.fetchval("SELECT count(*) FROM tasks") == 0
+    finally:
+        await conn.close()
+    assert [(r["version"], r["name"]) for r in rows] == MIGRATIONS
+
+
+# ---- LISTEN / NOTIFY ------------------------------------------------------------------
+
+
+async def test_inserting_tasks_notifies_listeners(db: Database) -> None:
+    woken = asyncio.Event()
+    calls = 0
+
+    def on_task() -> None:
+        nonlocal calls
+        calls += 1
+        woken.set()
+
+    async with db.listen(on_task):
+        await db.insert_tasks([due_task()])
+        await asyncio.wait_for(woken.wait(), timeout=10)
+        assert calls == 1
+
+        # A batch is one notification, not one per task.
+        woken.clear()
+        await db.insert_tasks([due_task() for _ in range(100)])
+        await asyncio.wait_for(woken.wait(), timeout=10)
+        assert calls == 2
+
+
+# ---- scanning cost --------------------------------------------------------------------
+
+PENDING_INDEXES = {"tasks_due_idx", "tasks_next_due_idx"}
+
+
+async def _due_scans(raw: asyncpg.Connection, limit: int) -> list[tuple[str, str | None]]:
+    """(node type, index name) of every read of ``tasks`` that picks the due rows."""
+    plan = json.loads(
+        await raw.fetchval("EXPLAIN (FORMAT JSON) " + Q["claim_due"], "a", limit)
+    )[0]["Plan"]
+
+    def walk(node: dict[str, Any], in_due: bool) -> list[tuple[str, str | None]]:
+        in_due = in_due or node.get("Subplan Name") == "CTE due"
+        found = []
+        if in_due and node.get("Relation Name") == "tasks":
+            found.append((node["Node Type"], node.get("Index Name")))
+        for child in node.get("Plans", []):
+            found.extend(walk(child, in_due))
+        return found
+
+    return walk(plan, False)
+
+
+async def test_claim_reads_only_a_partial_index_among_many_finished_tasks(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    old = utcnow() - timedelta(days=1)
+    await db.insert_tasks([new_task(run_at=old) for _ in range(20_000)])
+    await raw.execute("UPDATE tasks SET state = 'succeeded', attempt = 1, finished_at = now()")
+
+    # A small backlog and the default claim batch: either pending-only index will do.
+    await db.insert_tasks([due_task(priority=i % 4) for i in range(50)])
+    await raw.execute("ANALYZE tasks")
+    scans = await _due_scans(raw, 1000)
+    assert scans, "the plan has no CTE due"
+    assert all(kind == "Index Scan" and index in PENDING_INDEXES for kind, index in scans), scans
+
+    # A backlog larger than the batch: walk the due index in claim order, sort nothing.
+    await db.insert_tasks([due_task(priority=i % 4) for i in range(1_950)])
+    await raw.execute("ANALYZE tasks")
+    assert await _due_scans(raw, 100) == [("Index Scan", "tasks_due_idx")]
+
+    claimed = await db.claim("a", 100)
+    assert len(claimed) == 100
+    assert {c.priority for c in claimed} == {3}
