@@ -7,10 +7,12 @@ the test's own (``strata up`` embedding PostgreSQL is covered by test_up.py)."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
 import signal
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ import pytest
 from common.client import Client
 from tests.e2e.cluster import wait_until
 from tests.e2e.up_process import UpProcess
+from topologies import supervisor
 from topologies.postgres import free_port
 from topologies.topology import TOPOLOGY_DIR, Topology, load
 
@@ -147,10 +150,13 @@ async def test_a_killed_worker_is_restarted_by_the_supervisor(three_regions: Run
     assert "us-east-w1" in {t["worker_id"] for t in finished}
 
 
-def test_ctrl_c_stops_workers_then_regions_then_the_master(three_regions: Run) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_workers_then_regions_then_the_master(
+    three_regions: Run, sig: signal.Signals
+) -> None:
     children = three_regions.up.children()
     assert len(children) == 1 + 3 + 7, children
-    code = three_regions.up.interrupt()
+    code = three_regions.up.interrupt(sig)
     lines = three_regions.up.lines
     assert code == 0, "".join(lines[-40:])
 
@@ -163,3 +169,28 @@ def test_ctrl_c_stops_workers_then_regions_then_the_master(three_regions: Run) -
     assert "stopped" in lines[-1] and "restarting" not in "".join(lines)
     alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, alive
+
+
+async def test_supervisor_restarts_a_crashing_process_with_growing_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(supervisor, "RESTART_MIN_S", 0.1)
+    out = io.StringIO()
+    crasher = supervisor.Proc(name="crasher", tier=0, env=supervisor.child_env({}),
+                              argv=[sys.executable, "-c", "print('boom'); raise SystemExit(3)"])
+    sup = supervisor.Supervisor([crasher], out=out)
+
+    async def restarted_thrice() -> None:
+        await wait_until(lambda: _at_least(crasher, 3), what="three restarts")
+
+    await sup.start_tier(0, restarted_thrice)
+    await sup.stop()
+    lines = out.getvalue().splitlines()
+    assert lines.count("crasher | boom") >= 3, lines
+    said = [line for line in lines if line.startswith("strata  | crasher exited with code 3")]
+    assert said[:3] == [f"strata  | crasher exited with code 3; restarting in {d}s (restart {n})"
+                        for n, d in ((1, "0.1"), (2, "0.2"), (3, "0.4"))], said
+
+
+async def _at_least(proc: supervisor.Proc, restarts: int) -> bool:
+    return proc.restarts >= restarts
