@@ -157,10 +157,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         logs.configure(us.log_level)
         return asyncio.run(up.run(topology, us))
     if args.command == "compose":
+        from common.errors import ConfigError
         from topologies.compose import render
         from topologies.topology import load
 
-        sys.stdout.write(render(load(args.topology)))
+        topology = load(args.topology)
+        try:
+            text = render(topology)
+        except ConfigError as exc:
+            raise ConfigError(f"{args.topology}: {exc}") from None
+        sys.stdout.write(text)
         return 0
     if args.command == "submit":
         return asyncio.run(_submit(args))

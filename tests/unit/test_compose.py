@@ -65,6 +65,17 @@ def test_strata_compose_names_a_bad_file(tmp_path: Path,
     assert str(bad) in err and "regions[0] (a).grpc_port" in err
 
 
+def test_strata_compose_names_the_file_of_a_topology_it_cannot_deploy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upper = tmp_path / "upper.toml"
+    upper.write_text("[[regions]]\nname = 'EU'\ngrpc_port = 6000\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["compose", str(upper)])
+    assert exit_.value.code == 2
+    assert f"{upper}: regions[0] (EU).name: a compose service name" in capsys.readouterr().err
+
+
 def test_rendering_is_deterministic() -> None:
     topology = load(TOPOLOGY_DIR / "three-regions.toml")
     assert render(topology) == render(topology)
