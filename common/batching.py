@@ -42,9 +42,14 @@ class Batcher(Generic[T]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._failures = 0
+        self._sending: list[T] = []
 
     def __len__(self) -> int:
         return len(self._buffer)
+
+    def pending(self) -> list[T]:
+        """Everything not yet delivered: buffered, and the batch being sent."""
+        return [*self._sending, *self._buffer]
 
     async def put(self, item: T) -> None:
         while len(self._buffer) >= self._limit:
@@ -69,6 +74,7 @@ class Batcher(Generic[T]):
                 self._idle.set()
                 continue
             batch = [self._buffer.popleft() for _ in range(min(self._max, len(self._buffer)))]
+            self._sending = batch
             try:
                 await self._send(batch)
             except asyncio.CancelledError:
@@ -86,6 +92,8 @@ class Batcher(Generic[T]):
                 )
                 await asyncio.sleep(self._retry_delay)
                 continue
+            finally:
+                self._sending = []
             if self._failures:
                 logger.info(
                     "%s: delivering again after %d failed tries", self._name, self._failures,

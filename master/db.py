@@ -370,6 +370,16 @@ class Database:
         return previous
 
     @_wrap
+    async def reconcile_region(
+        self, region: str, held: Sequence[tuple[uuid.UUID, int]], claimed_before: datetime
+    ) -> int:
+        rows = await self._pool.fetch(
+            Q["reconcile_region"], region, [h[0] for h in held], [h[1] for h in held],
+            claimed_before,
+        )
+        return len(rows)
+
+    @_wrap
     async def mark_regions_down(self, dead_after: timedelta) -> list[tuple[str, datetime]]:
         rows = await self._pool.fetch(Q["mark_regions_down"], dead_after.total_seconds())
         return [(r["name"], r["last_heartbeat"]) for r in rows]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import uuid
@@ -24,7 +25,7 @@ from proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-DELEGATE_TIMEOUT_S = 5.0
+DELEGATE_TIMEOUT_S = 2.0
 MAX_DB_BACKOFF_S = 2.0
 
 
@@ -34,6 +35,9 @@ class Scanner:
         self._regions = regions
         self._settings = settings
         self._wake = asyncio.Event()
+        # At most one delegation in flight per region, each its own task: a slow or
+        # black-holed region delays only its own batch, never the other regions'.
+        self._delegating: dict[str, asyncio.Task[int]] = {}
         self.dispatched_total = 0
 
     def wake(self) -> None:
@@ -41,6 +45,17 @@ class Scanner:
 
     async def run(self) -> None:
         """Scan until cancelled; ride out database outages with capped backoff."""
+        try:
+            await self._run()
+        finally:
+            # Attempts whose delivery is cut short stay dispatched; the region's next
+            # heartbeat shows it does not hold them and they are reclaimed.
+            pending = list(self._delegating.values())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run(self) -> None:
         backoff = 0.05
         while True:
             try:
@@ -78,26 +93,38 @@ class Scanner:
         return max(timeout, 0.001)
 
     async def scan_once(self) -> int:
-        regions = await self._db.region_room(self._settings.region_dead_after)
-        # A region whose breaker is open gets nothing: its share stays pending for the
-        # regions that answer.
-        shares = [
-            self._claim_and_delegate(region, min(region.room, self._settings.claim_batch))
-            for region in regions
-            if region.room > 0 and self._regions.breaker(region.name).allows_calls
-        ]
-        if not shares:
-            return 0
-        sent = sum(await asyncio.gather(*shares))
-        self.dispatched_total += sent
-        return sent
+        """Claim each free region's share and start delivering it; returns how many
+        tasks were claimed."""
+        claimed_total = 0
+        for region in await self._db.region_room(self._settings.region_dead_after):
+            # A region whose breaker is open gets nothing: its share stays pending for
+            # the regions that answer.
+            if (region.room <= 0 or region.name in self._delegating
+                    or not self._regions.breaker(region.name).allows_calls):
+                continue
+            claimed = await self._db.claim(
+                region.name, min(region.room, self._settings.claim_batch))
+            if not claimed:
+                continue
+            claimed_total += len(claimed)
+            task = asyncio.create_task(
+                self._delegate(region, claimed), name=f"delegate-{region.name}")
+            self._delegating[region.name] = task
+            task.add_done_callback(functools.partial(self._delegated, region.name))
+        return claimed_total
 
-    async def _claim_and_delegate(self, region: RegionRoom, limit: int) -> int:
-        claimed = await self._db.claim(region.name, limit)
-        if not claimed:
-            return 0
-        accepted = await self._delegate(region, claimed)
-        return accepted
+    def _delegated(self, region: str, task: asyncio.Task[int]) -> None:
+        self._delegating.pop(region, None)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                logger.error(
+                    "delivering to %s failed: %r", region, exc, exc_info=exc,
+                    extra={"action": "delegate_error", "region": region},
+                )
+            else:
+                self.dispatched_total += task.result()
+        self.wake()
 
     async def _delegate(self, region: RegionRoom, claimed: list[Claimed]) -> int:
         lease_until = to_unix(utcnow() + self._settings.region_dead_after)

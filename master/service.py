@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -18,6 +19,9 @@ from master.db import Database, Finished, Started
 from proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
+
+# Longer than a delegation can take (deadline and retry) plus a heartbeat in flight.
+RECONCILE_GRACE = timedelta(seconds=5)
 
 Handler = Callable[[Any, Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]]
 
@@ -90,6 +94,9 @@ class MasterService:
         self._db = db
         self._settings = settings
         self._on_capacity = on_capacity
+        self._reconcile_grace = max(
+            RECONCILE_GRACE, 3 * settings.heartbeat_interval
+        )
         self.stale_total = 0
 
     @grpc_errors
@@ -128,10 +135,27 @@ class MasterService:
                 "region %s is back; its old attempts were reclaimed", request.region,
                 extra={"action": "region_back", "region": request.region},
             )
+        else:
+            await self._reconcile(request)
         if request.max_outstanding > request.running + request.queued:
             self._on_capacity()
         # known=False: everything the region holds was reclaimed while it was down.
         return pb.HeartbeatReply(known=previous != "down")
+
+    async def _reconcile(self, request: pb.RegionHeartbeat) -> None:
+        # Only attempts claimed well before the list was taken: younger ones may still be
+        # on their way to the region.
+        taken = min(from_unix(request.built_at) or utcnow(), utcnow())
+        cutoff = taken - self._reconcile_grace
+        held = [(uuid.UUID(r.task_id), r.attempt) for r in request.held]
+        lost = await self._db.reconcile_region(request.region, held, cutoff)
+        if lost:
+            logger.warning(
+                "region %s does not hold %d attempts dispatched to it; reclaimed",
+                request.region, lost,
+                extra={"action": "tasks_reconciled", "region": request.region, "count": lost},
+            )
+            self._on_capacity()
 
     @grpc_errors
     async def Report(

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/strata.proto\x12\tstrata.v1\"x\n\x08TaskSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x12\x18\n\x10lease_expires_at\x18\x06 \x01(\x01\"\xd6\x01\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.strata.v1.EventType\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x06 \x01(\x01\x12\x15\n\rhas_exit_code\x18\x07 \x01(\x08\x12\x11\n\texit_code\x18\x08 \x01(\x05\x12\x0e\n\x06output\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\"+\n\x07TaskRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"k\n\nWorkerInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x0f\n\x07running\x18\x03 \x01(\x05\x12\x16\n\x0elast_heartbeat\x18\x04 \x01(\x01\x12\x16\n\x0ehealth_address\x18\x05 \x01(\t\"2\n\x0fRegisterRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\">\n\rRegisterReply\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\"\xa6\x01\n\x0fRegionHeartbeat\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x17\n\x0fmax_outstanding\x18\x06 \x01(\x05\x12&\n\x07workers\x18\x07 \x03(\x0b\x32\x15.strata.v1.WorkerInfo\"\x1f\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\"E\n\rReportRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.strata.v1.TaskEvent\"A\n\x0bReportReply\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12!\n\x05stale\x18\x02 \x03(\x0b\x32\x12.strata.v1.TaskRef\"T\n\x0fHandBackRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12!\n\x05tasks\x18\x02 \x03(\x0b\x32\x12.strata.v1.TaskRef\x12\x0e\n\x06reason\x18\x03 \x01(\t\"!\n\rHandBackReply\x12\x10\n\x08returned\x18\x01 \x01(\x05\"5\n\x0f\x44\x65legateRequest\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.strata.v1.TaskSpec\"[\n\rDelegateReply\x12$\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x0b\x32\x12.strata.v1.TaskRef\x12$\n\x08rejected\x18\x02 \x03(\x0b\x32\x12.strata.v1.TaskRef\"2\n\rCancelRequest\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.strata.v1.TaskRef\" \n\x0b\x43\x61ncelReply\x12\x11\n\tcancelled\x18\x01 \x01(\x05\"o\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x16\n\x0ehealth_address\x18\x03 \x01(\t\x12#\n\x07running\x18\x04 \x03(\x0b\x32\x12.strata.v1.TaskRef\"/\n\nWorkerBeat\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"\x90\x01\n\rWorkerMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.strata.v1.WorkerHelloH\x00\x12%\n\x04\x62\x65\x61t\x18\x02 \x01(\x0b\x32\x15.strata.v1.WorkerBeatH\x00\x12\'\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x15.strata.v1.EventBatchH\x00\x42\x06\n\x04\x62ody\"2\n\nEventBatch\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.strata.v1.TaskEvent\",\n\x06\x41ssign\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.strata.v1.TaskSpec\"\'\n\x07Welcome\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\"\x8f\x01\n\rRegionMessage\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.strata.v1.WelcomeH\x00\x12#\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x11.strata.v1.AssignH\x00\x12*\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x18.strata.v1.CancelRequestH\x00\x42\x06\n\x04\x62ody*\x89\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_TYPE_STARTED\x10\x01\x12\x18\n\x14\x45VENT_TYPE_SUCCEEDED\x10\x02\x12\x15\n\x11\x45VENT_TYPE_FAILED\x10\x03\x12\x17\n\x13\x45VENT_TYPE_RETURNED\x10\x04\x32\x8c\x02\n\x06Master\x12@\n\x08Register\x12\x1a.strata.v1.RegisterRequest\x1a\x18.strata.v1.RegisterReply\x12\x42\n\tHeartbeat\x12\x1a.strata.v1.RegionHeartbeat\x1a\x19.strata.v1.HeartbeatReply\x12:\n\x06Report\x12\x18.strata.v1.ReportRequest\x1a\x16.strata.v1.ReportReply\x12@\n\x08HandBack\x12\x1a.strata.v1.HandBackRequest\x1a\x18.strata.v1.HandBackReply2\xc9\x01\n\x06Region\x12@\n\x08\x44\x65legate\x12\x1a.strata.v1.DelegateRequest\x1a\x18.strata.v1.DelegateReply\x12:\n\x06\x43\x61ncel\x12\x18.strata.v1.CancelRequest\x1a\x16.strata.v1.CancelReply\x12\x41\n\x07\x43onnect\x12\x18.strata.v1.WorkerMessage\x1a\x18.strata.v1.RegionMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/strata.proto\x12\tstrata.v1\"x\n\x08TaskSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x12\x18\n\x10lease_expires_at\x18\x06 \x01(\x01\"\xd6\x01\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.strata.v1.EventType\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x06 \x01(\x01\x12\x15\n\rhas_exit_code\x18\x07 \x01(\x08\x12\x11\n\texit_code\x18\x08 \x01(\x05\x12\x0e\n\x06output\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\"+\n\x07TaskRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"k\n\nWorkerInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x0f\n\x07running\x18\x03 \x01(\x05\x12\x16\n\x0elast_heartbeat\x18\x04 \x01(\x01\x12\x16\n\x0ehealth_address\x18\x05 \x01(\t\"2\n\x0fRegisterRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\">\n\rRegisterReply\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\"\xda\x01\n\x0fRegionHeartbeat\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x17\n\x0fmax_outstanding\x18\x06 \x01(\x05\x12&\n\x07workers\x18\x07 \x03(\x0b\x32\x15.strata.v1.WorkerInfo\x12 \n\x04held\x18\x08 \x03(\x0b\x32\x12.strata.v1.TaskRef\x12\x10\n\x08\x62uilt_at\x18\t \x01(\x01\"\x1f\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\"E\n\rReportRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.strata.v1.TaskEvent\"A\n\x0bReportReply\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x12!\n\x05stale\x18\x02 \x03(\x0b\x32\x12.strata.v1.TaskRef\"T\n\x0fHandBackRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12!\n\x05tasks\x18\x02 \x03(\x0b\x32\x12.strata.v1.TaskRef\x12\x0e\n\x06reason\x18\x03 \x01(\t\"!\n\rHandBackReply\x12\x10\n\x08returned\x18\x01 \x01(\x05\"5\n\x0f\x44\x65legateRequest\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.strata.v1.TaskSpec\"[\n\rDelegateReply\x12$\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x0b\x32\x12.strata.v1.TaskRef\x12$\n\x08rejected\x18\x02 \x03(\x0b\x32\x12.strata.v1.TaskRef\"2\n\rCancelRequest\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.strata.v1.TaskRef\" \n\x0b\x43\x61ncelReply\x12\x11\n\tcancelled\x18\x01 \x01(\x05\"o\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\x16\n\x0ehealth_address\x18\x03 \x01(\t\x12#\n\x07running\x18\x04 \x03(\x0b\x32\x12.strata.v1.TaskRef\"/\n\nWorkerBeat\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"\x90\x01\n\rWorkerMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.strata.v1.WorkerHelloH\x00\x12%\n\x04\x62\x65\x61t\x18\x02 \x01(\x0b\x32\x15.strata.v1.WorkerBeatH\x00\x12\'\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x15.strata.v1.EventBatchH\x00\x42\x06\n\x04\x62ody\"2\n\nEventBatch\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.strata.v1.TaskEvent\",\n\x06\x41ssign\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.strata.v1.TaskSpec\"\'\n\x07Welcome\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\"\x8f\x01\n\rRegionMessage\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.strata.v1.WelcomeH\x00\x12#\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x11.strata.v1.AssignH\x00\x12*\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x18.strata.v1.CancelRequestH\x00\x42\x06\n\x04\x62ody*\x89\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_TYPE_STARTED\x10\x01\x12\x18\n\x14\x45VENT_TYPE_SUCCEEDED\x10\x02\x12\x15\n\x11\x45VENT_TYPE_FAILED\x10\x03\x12\x17\n\x13\x45VENT_TYPE_RETURNED\x10\x04\x32\x8c\x02\n\x06Master\x12@\n\x08Register\x12\x1a.strata.v1.RegisterRequest\x1a\x18.strata.v1.RegisterReply\x12\x42\n\tHeartbeat\x12\x1a.strata.v1.RegionHeartbeat\x1a\x19.strata.v1.HeartbeatReply\x12:\n\x06Report\x12\x18.strata.v1.ReportRequest\x1a\x16.strata.v1.ReportReply\x12@\n\x08HandBack\x12\x1a.strata.v1.HandBackRequest\x1a\x18.strata.v1.HandBackReply2\xc9\x01\n\x06Region\x12@\n\x08\x44\x65legate\x12\x1a.strata.v1.DelegateRequest\x1a\x18.strata.v1.DelegateReply\x12:\n\x06\x43\x61ncel\x12\x18.strata.v1.CancelRequest\x1a\x16.strata.v1.CancelReply\x12\x41\n\x07\x43onnect\x12\x18.strata.v1.WorkerMessage\x1a\x18.strata.v1.RegionMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.strata_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=1932
-  _globals['_EVENTTYPE']._serialized_end=2069
+  _globals['_EVENTTYPE']._serialized_start=1984
+  _globals['_EVENTTYPE']._serialized_end=2121
   _globals['_TASKSPEC']._serialized_start=33
   _globals['_TASKSPEC']._serialized_end=153
   _globals['_TASKEVENT']._serialized_start=156
@@ -46,41 +46,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREPLY']._serialized_start=578
   _globals['_REGISTERREPLY']._serialized_end=640
   _globals['_REGIONHEARTBEAT']._serialized_start=643
-  _globals['_REGIONHEARTBEAT']._serialized_end=809
-  _globals['_HEARTBEATREPLY']._serialized_start=811
-  _globals['_HEARTBEATREPLY']._serialized_end=842
-  _globals['_REPORTREQUEST']._serialized_start=844
-  _globals['_REPORTREQUEST']._serialized_end=913
-  _globals['_REPORTREPLY']._serialized_start=915
-  _globals['_REPORTREPLY']._serialized_end=980
-  _globals['_HANDBACKREQUEST']._serialized_start=982
-  _globals['_HANDBACKREQUEST']._serialized_end=1066
-  _globals['_HANDBACKREPLY']._serialized_start=1068
-  _globals['_HANDBACKREPLY']._serialized_end=1101
-  _globals['_DELEGATEREQUEST']._serialized_start=1103
-  _globals['_DELEGATEREQUEST']._serialized_end=1156
-  _globals['_DELEGATEREPLY']._serialized_start=1158
-  _globals['_DELEGATEREPLY']._serialized_end=1249
-  _globals['_CANCELREQUEST']._serialized_start=1251
-  _globals['_CANCELREQUEST']._serialized_end=1301
-  _globals['_CANCELREPLY']._serialized_start=1303
-  _globals['_CANCELREPLY']._serialized_end=1335
-  _globals['_WORKERHELLO']._serialized_start=1337
-  _globals['_WORKERHELLO']._serialized_end=1448
-  _globals['_WORKERBEAT']._serialized_start=1450
-  _globals['_WORKERBEAT']._serialized_end=1497
-  _globals['_WORKERMESSAGE']._serialized_start=1500
-  _globals['_WORKERMESSAGE']._serialized_end=1644
-  _globals['_EVENTBATCH']._serialized_start=1646
-  _globals['_EVENTBATCH']._serialized_end=1696
-  _globals['_ASSIGN']._serialized_start=1698
-  _globals['_ASSIGN']._serialized_end=1742
-  _globals['_WELCOME']._serialized_start=1744
-  _globals['_WELCOME']._serialized_end=1783
-  _globals['_REGIONMESSAGE']._serialized_start=1786
-  _globals['_REGIONMESSAGE']._serialized_end=1929
-  _globals['_MASTER']._serialized_start=2072
-  _globals['_MASTER']._serialized_end=2340
-  _globals['_REGION']._serialized_start=2343
-  _globals['_REGION']._serialized_end=2544
+  _globals['_REGIONHEARTBEAT']._serialized_end=861
+  _globals['_HEARTBEATREPLY']._serialized_start=863
+  _globals['_HEARTBEATREPLY']._serialized_end=894
+  _globals['_REPORTREQUEST']._serialized_start=896
+  _globals['_REPORTREQUEST']._serialized_end=965
+  _globals['_REPORTREPLY']._serialized_start=967
+  _globals['_REPORTREPLY']._serialized_end=1032
+  _globals['_HANDBACKREQUEST']._serialized_start=1034
+  _globals['_HANDBACKREQUEST']._serialized_end=1118
+  _globals['_HANDBACKREPLY']._serialized_start=1120
+  _globals['_HANDBACKREPLY']._serialized_end=1153
+  _globals['_DELEGATEREQUEST']._serialized_start=1155
+  _globals['_DELEGATEREQUEST']._serialized_end=1208
+  _globals['_DELEGATEREPLY']._serialized_start=1210
+  _globals['_DELEGATEREPLY']._serialized_end=1301
+  _globals['_CANCELREQUEST']._serialized_start=1303
+  _globals['_CANCELREQUEST']._serialized_end=1353
+  _globals['_CANCELREPLY']._serialized_start=1355
+  _globals['_CANCELREPLY']._serialized_end=1387
+  _globals['_WORKERHELLO']._serialized_start=1389
+  _globals['_WORKERHELLO']._serialized_end=1500
+  _globals['_WORKERBEAT']._serialized_start=1502
+  _globals['_WORKERBEAT']._serialized_end=1549
+  _globals['_WORKERMESSAGE']._serialized_start=1552
+  _globals['_WORKERMESSAGE']._serialized_end=1696
+  _globals['_EVENTBATCH']._serialized_start=1698
+  _globals['_EVENTBATCH']._serialized_end=1748
+  _globals['_ASSIGN']._serialized_start=1750
+  _globals['_ASSIGN']._serialized_end=1794
+  _globals['_WELCOME']._serialized_start=1796
+  _globals['_WELCOME']._serialized_end=1835
+  _globals['_REGIONMESSAGE']._serialized_start=1838
+  _globals['_REGIONMESSAGE']._serialized_end=1981
+  _globals['_MASTER']._serialized_start=2124
+  _globals['_MASTER']._serialized_end=2392
+  _globals['_REGION']._serialized_start=2395
+  _globals['_REGION']._serialized_end=2596
 # @@protoc_insertion_point(module_scope)

@@ -99,7 +99,7 @@ class RegisterReply(_message.Message):
     def __init__(self, heartbeat_interval_s: _Optional[float] = ..., lease_s: _Optional[float] = ...) -> None: ...
 
 class RegionHeartbeat(_message.Message):
-    __slots__ = ("region", "address", "capacity", "running", "queued", "max_outstanding", "workers")
+    __slots__ = ("region", "address", "capacity", "running", "queued", "max_outstanding", "workers", "held", "built_at")
     REGION_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,8 @@ class RegionHeartbeat(_message.Message):
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    BUILT_AT_FIELD_NUMBER: _ClassVar[int]
     region: str
     address: str
     capacity: int
@@ -114,7 +116,9 @@ class RegionHeartbeat(_message.Message):
     queued: int
     max_outstanding: int
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
-    def __init__(self, region: _Optional[str] = ..., address: _Optional[str] = ..., capacity: _Optional[int] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., max_outstanding: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+    held: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    built_at: float
+    def __init__(self, region: _Optional[str] = ..., address: _Optional[str] = ..., capacity: _Optional[int] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., max_outstanding: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., held: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ..., built_at: _Optional[float] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("known",)

@@ -96,6 +96,9 @@ class Coordinator:
     def running(self) -> int:
         return sum(len(w.inflight) for w in self._workers.values())
 
+    def held(self) -> set[Ref]:
+        return set(self._held)
+
     def workers(self) -> list[WorkerConn]:
         return list(self._workers.values())
 
@@ -180,6 +183,11 @@ class Coordinator:
                 else:
                     keep.append(spec)
             self._queue = keep
+            # Ones we never saw (this region restarted) are held all the same: the worker
+            # runs them and will report them.
+            for ref in adopt - worker.inflight.keys():
+                worker.inflight[ref] = pb.TaskSpec(id=ref[0], attempt=ref[1])
+            self._held |= adopt
         self._workers[worker.id] = worker
         logger.info(
             "worker %s joined (capacity %d)", worker.id, worker.capacity,

@@ -119,7 +119,10 @@ class MasterLink:
 
     async def heartbeat(self) -> bool:
         c = self.coordinator
+        held = c.held() | {(e.task_id, e.attempt) for e in self.events.pending()}
         request = pb.RegionHeartbeat(
+            held=[pb.TaskRef(task_id=i, attempt=a) for i, a in held],
+            built_at=time.time(),
             region=self._settings.name,
             address=self._settings.advertised_address,
             capacity=c.capacity,

@@ -20,7 +20,7 @@ WITH due AS (
 )
 UPDATE tasks AS t
 SET state = 'dispatched', attempt = t.attempt + 1, assigned_region = $1,
-    picked_at = coalesce(t.picked_at, now()), worker_id = NULL
+    picked_at = coalesce(t.picked_at, now()), claimed_at = now(), worker_id = NULL
 FROM due
 WHERE t.id = due.id
 RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.priority, t.run_at;
@@ -163,3 +163,16 @@ FROM regions AS r
 WHERE r.name = t.assigned_region AND r.state = 'down'
   AND t.state IN ('dispatched', 'running')
 RETURNING t.id, r.name AS region;
+
+-- name: reconcile_region
+-- Attempts the master believes a live region holds but the region's heartbeat does not
+-- list: they never arrived or were lost with a restart. A new attempt, back to pending.
+UPDATE tasks AS t
+SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL
+WHERE t.assigned_region = $1 AND t.state IN ('dispatched', 'running')
+  AND t.claimed_at < $4
+  AND NOT EXISTS (
+      SELECT 1 FROM unnest($2::uuid[], $3::int[]) AS h(id, attempt)
+      WHERE h.id = t.id AND h.attempt = t.attempt
+  )
+RETURNING t.id;

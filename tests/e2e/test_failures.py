@@ -307,3 +307,20 @@ async def test_master_survives_a_database_restart(
 async def _ready(http: aiohttp.ClientSession, api: str) -> bool:
     async with http.get(api + "/readyz") as resp:
         return resp.status == 200
+
+
+async def test_region_restarted_at_once_loses_its_queue_but_no_task(cluster: Cluster) -> None:
+    await cluster.start_master()
+    # Long dead-after: the restarted region is never declared down, so only the
+    # heartbeat's list of what it holds can reveal the attempts its queue lost.
+    await cluster.start_region("east", STRATA_QUEUE_FACTOR="8", STRATA_REGION_DEAD_AFTER="60")
+    await cluster.start_worker("east", "east-w1", concurrency=1)
+    async with cluster.client() as c:
+        ids = await c.create_batch([{"kind": "sleep", "seconds": 0.3} for _ in range(6)])
+        await wait_until(lambda: _queued(c, "east"), what="east holding a queue")
+        cluster.kill("east", signal.SIGKILL)
+        await cluster.start_region("east", STRATA_QUEUE_FACTOR="8")
+        for task_id in ids:
+            assert (await c.wait(task_id, timeout_s=40))["state"] == "succeeded"
+        assert (await _region(c, "east"))["state"] == "up"
+    assert "action=tasks_reconciled" in cluster.log("master")

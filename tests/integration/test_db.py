@@ -832,3 +832,30 @@ async def test_claim_reads_only_a_partial_index_among_many_finished_tasks(
     claimed = await db.claim("a", 100)
     assert len(claimed) == 100
     assert {c.priority for c in claimed} == {3}
+
+
+async def test_reconcile_reclaims_only_old_attempts_the_region_does_not_hold(
+    db: Database,
+) -> None:
+    from datetime import timedelta
+
+    from common.models import parse_new_task
+    from common.timeutil import utcnow
+
+    tasks = [parse_new_task({"kind": "noop"}) for _ in range(3)]
+    await db.insert_tasks(tasks)
+    claimed = await db.claim("east", 10)
+    assert len(claimed) == 3
+    held, lost, young = claimed
+    # A cutoff before the claims: nothing is old enough to judge.
+    assert await db.reconcile_region("east", [(held.id, held.attempt)],
+                                     utcnow() - timedelta(seconds=60)) == 0
+    # After the claims: only the attempts the region does not list come back.
+    assert await db.reconcile_region("east", [(held.id, held.attempt), (young.id, young.attempt)],
+                                     utcnow() + timedelta(seconds=1)) == 1
+    back = await db.get_task(lost.id)
+    assert back is not None and back.state == "pending" and back.attempt == lost.attempt + 1
+    kept = await db.get_task(held.id)
+    assert kept is not None and kept.state == "dispatched"
+    # Another region's attempts are never touched.
+    assert await db.reconcile_region("west", [], utcnow() + timedelta(seconds=1)) == 0

@@ -296,15 +296,19 @@ def test_reconnect_adopts_still_running_refs_from_the_queue():
     assert region.coordinator.running == 4
 
 
-def test_reconnect_adopts_only_the_matching_attempt():
+def test_reconnect_takes_back_only_the_matching_attempt_from_the_queue():
     region = make_region()
     region.join("w1", 1)
     region.join("w2", 1)
     region.coordinator.accept(specs(0, 1))  # w1: 0, w2: 1
     region.coordinator.leave("w1", "stream broke")
     back = region.join("w1", 1, still_running=[("task-0", 99)])
-    assert back.inflight == {("task-0", 1): spec(0)}
-    assert region.streams["w1"].assigned == ["task-0"]  # sent anew: a different attempt
+    # The worker still runs attempt 99, which fills its one slot; the queued attempt 1
+    # is a different attempt, so it stays queued rather than overfilling the worker.
+    assert set(back.inflight) == {("task-0", 99)}
+    assert region.coordinator.queued == 1
+    assert region.streams["w1"].assigned == []
+    assert {("task-0", 99), ("task-0", 1)} <= region.coordinator.held()
 
 
 def test_rejoin_of_a_live_worker_id_requeues_and_readopts():
