@@ -73,6 +73,20 @@ class Cluster:
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 
+    # ---- addresses (a chaos cluster puts a proxy on each) --------------------------
+
+    def master_address(self, region: str) -> str:
+        """Where ``region`` dials the master."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def advertised_address(self, region: str) -> str | None:
+        """Where the master dials ``region``; None: wherever the region listens."""
+        return None
+
+    def worker_target(self, region: str) -> str:
+        """Where the workers of ``region`` dial it."""
+        return f"127.0.0.1:{self.region_ports[region]}"
+
     # ---- starting -------------------------------------------------------------------
 
     async def start_master(self) -> None:
@@ -84,15 +98,19 @@ class Cluster:
 
     async def start_region(self, name: str, **env: str) -> None:
         port = self.region_ports.setdefault(name, free_port())
-        self._spawn(name, ["regional", "--name", name, "--grpc-port", str(port),
-                           "--master", f"127.0.0.1:{self.grpc_port}"], env)
+        args = ["regional", "--name", name, "--grpc-port", str(port),
+                "--master", self.master_address(name)]
+        advertise = self.advertised_address(name)
+        if advertise is not None:
+            args += ["--advertise", advertise]
+        self._spawn(name, args, env)
         async with self.client() as c:
             await wait_until(lambda: _region_up(c, name), timeout_s=READY_TIMEOUT_S,
                              what=f"region {name} up")
 
     async def start_worker(self, region: str, worker_id: str, *, concurrency: int = 4,
                            wait: bool = True, **env: str) -> None:
-        self._spawn(worker_id, ["worker", "--region", f"127.0.0.1:{self.region_ports[region]}",
+        self._spawn(worker_id, ["worker", "--region", self.worker_target(region),
                                 "--concurrency", str(concurrency), "--http-port", "0",
                                 "--id", worker_id], env)
         if wait:
