@@ -24,9 +24,11 @@ class Reclaimer:
         self._db = db
         self._settings = settings
         self._on_reclaimed = on_reclaimed
+        # Both queries are cheap (a handful of regions, a partial index over in-flight
+        # tasks), and every pass period adds to how long a dead region's work waits.
         self._period = min(
-            settings.heartbeat_interval.total_seconds(),
-            settings.region_dead_after.total_seconds() / 4,
+            settings.heartbeat_interval.total_seconds() / 4,
+            settings.region_dead_after.total_seconds() / 20,
         )
         self.reclaimed_total = 0
 

@@ -38,6 +38,9 @@ class WorkerConn:
     close: Callable[[], None]
     inflight: dict[Ref, pb.TaskSpec] = field(default_factory=dict)
     running: int = 0
+    # False once its stream closed: it gets nothing new, but keeps what it runs until it
+    # reconnects (and says what it still holds) or stays silent past the dead-after.
+    connected: bool = True
     last_beat: float = field(default_factory=time.monotonic)
     last_beat_wall: float = field(default_factory=time.time)
 
@@ -79,7 +82,7 @@ class Coordinator:
 
     @property
     def capacity(self) -> int:
-        return sum(w.capacity for w in self._workers.values())
+        return sum(w.capacity for w in self._workers.values() if w.connected)
 
     @property
     def max_outstanding(self) -> int:
@@ -100,7 +103,8 @@ class Coordinator:
         return set(self._held)
 
     def workers(self) -> list[WorkerConn]:
-        return list(self._workers.values())
+        """The connected workers."""
+        return [w for w in self._workers.values() if w.connected]
 
     # ---- work from the master ------------------------------------------------------
 
@@ -203,6 +207,23 @@ class Coordinator:
         self._queue.extendleft(reversed(orphans))
         return len(orphans)
 
+    def disconnect(self, worker_id: str, reason: str, *, conn: WorkerConn) -> None:
+        """A worker's stream closed. A worker that only lost its connection still runs
+        its tasks: keep them held for it until it is back or declared dead, rather than
+        running them twice. Its queue share goes back now if no worker is left."""
+        worker = self._workers.get(worker_id)
+        if worker is None or worker is not conn or not worker.connected:
+            return
+        worker.connected = False
+        logger.warning(
+            "worker %s disconnected: %s; holding its %d tasks for its return", worker_id,
+            reason, len(worker.inflight),
+            extra={"action": "worker_disconnected", "region": self.name, "worker": worker_id},
+        )
+        if not self.workers() and self._queue:
+            self._hand_back(self.drain_queue(), "no live worker")
+        self._on_capacity_change()
+
     def leave(self, worker_id: str, reason: str, *, conn: WorkerConn | None = None) -> None:
         """Remove a worker and requeue its tasks. With ``conn``, only if that stream is
         still the worker's current one (it may have reconnected meanwhile)."""
@@ -215,7 +236,7 @@ class Coordinator:
             "worker %s left: %s; %d in-flight tasks requeued", worker_id, reason, orphans,
             extra={"action": "worker_evicted", "region": self.name, "worker": worker_id},
         )
-        if not self._workers and self._queue:
+        if not self.workers() and self._queue:
             self._hand_back(self.drain_queue(), "no live worker")
         self.assign()
         self._on_capacity_change()
@@ -281,7 +302,7 @@ class Coordinator:
             self._lease_lapsed = False
             logger.info("lease renewed: starting queued work again",
                         extra={"action": "lease_renewed", "region": self.name})
-        workers = list(self._workers.values())
+        workers = self.workers()
         if not workers:
             return 0
         batches: dict[str, list[pb.TaskSpec]] = {}

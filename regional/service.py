@@ -75,7 +75,7 @@ class RegionService:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            self._coordinator.leave(conn.id, reason, conn=conn)
+            self._coordinator.disconnect(conn.id, reason, conn=conn)
 
     async def _read(self, conn: WorkerConn, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:

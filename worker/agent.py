@@ -16,7 +16,7 @@ import grpc
 
 from common.batching import Batcher
 from common.breaker import CircuitBreaker, RetryPolicy
-from common.errors import StrataError, Unavailable
+from common.errors import CircuitOpen, StrataError, Unavailable
 from common.settings import WorkerSettings
 from proto import strata_pb2 as pb
 from proto import strata_pb2_grpc as rpc
@@ -48,7 +48,8 @@ class Agent:
             limit=max(4 * settings.concurrency, EVENT_BATCH), retry_delay=0.05, name="events",
         )
         self.breaker = CircuitBreaker(
-            f"{worker_id}->region", failure_threshold=3, reset_timeout_s=RECONNECT_MAX_S,
+            f"{worker_id}->region", failure_threshold=3,
+            reset_timeout_s=settings.heartbeat_interval.total_seconds(),
             retry=RetryPolicy(attempts=2, initial_s=0.05, max_wait_s=0.2, deadline_s=10),
         )
         self.health_address = ""
@@ -72,6 +73,11 @@ class Agent:
             started = time.monotonic()
             try:
                 await self._session()
+            except CircuitOpen as exc:
+                # Not a new failure: wait out the cool-down, without growing the backoff.
+                logger.debug("region breaker open", extra={"action": "region_breaker_wait"})
+                await asyncio.sleep(max(exc.retry_after_s, RECONNECT_MIN_S))
+                continue
             except (grpc.aio.AioRpcError, StrataError, TimeoutError) as exc:
                 why = f"{exc.code().name} {exc.details()}" \
                     if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
@@ -96,7 +102,7 @@ class Agent:
                         worker_id=self.id,
                         capacity=0 if self.draining else self.capacity,
                         health_address=self.health_address,
-                        running=[pb.TaskRef(task_id=i, attempt=a) for i, a in self._running],
+                        running=[pb.TaskRef(task_id=i, attempt=a) for i, a in self._holding()],
                     )
                 )
             )
@@ -136,6 +142,13 @@ class Agent:
             finally:
                 beats.cancel()
                 await asyncio.gather(beats, return_exceptions=True)
+
+    def _holding(self) -> set[Ref]:
+        """What this worker still answers for: running, or finished with the result not
+        yet delivered. The region keeps these for us instead of giving them away."""
+        unsent = {(e.task_id, e.attempt) for e in self.events.pending()
+                  if e.type != pb.EVENT_TYPE_STARTED}
+        return set(self._running) | unsent
 
     async def _write(self, message: pb.WorkerMessage) -> None:
         call = self._call

@@ -415,3 +415,40 @@ def test_drain_queue_takes_everything_queued(region: Region):
     assert ids(region.coordinator.drain_queue()) == ["task-2", "task-3"]
     assert region.coordinator.queued == 0
     assert region.coordinator.running == 2
+
+
+def test_a_disconnected_worker_keeps_its_tasks_but_gets_nothing_new():
+    region = make_region()
+    w1 = region.join("w1", 2)
+    region.join("w2", 2)
+    region.coordinator.accept(specs(0, 1))  # w1: 0, w2: 1
+    region.coordinator.disconnect("w1", "stream closed", conn=w1)
+    assert set(w1.inflight) == {("task-0", 1)}
+    assert ("task-0", 1) in region.coordinator.held()
+    assert region.coordinator.capacity == 2
+    assert [w.id for w in region.coordinator.workers()] == ["w2"]
+    region.coordinator.accept(specs(2))
+    assert region.streams["w2"].assigned == ["task-1", "task-2"]
+
+
+def test_a_reconnecting_worker_gets_back_what_it_still_holds_without_a_rerun():
+    region = make_region()
+    w1 = region.join("w1", 2)
+    region.coordinator.accept(specs(0, 1))
+    region.coordinator.disconnect("w1", "stream closed", conn=w1)
+    # task-0 still runs; task-1 finished and its result waits to be sent.
+    back = region.join("w1", 2, still_running=[("task-0", 1), ("task-1", 1)])
+    assert set(back.inflight) == {("task-0", 1), ("task-1", 1)}
+    assert region.coordinator.queued == 0
+    assert region.streams["w1"].assigned == []  # nothing sent twice
+
+
+def test_a_disconnected_worker_that_stays_silent_is_evicted_and_its_tasks_requeued():
+    region = make_region()
+    w1 = region.join("w1", 1)
+    region.coordinator.accept(specs(0))
+    region.coordinator.disconnect("w1", "stream closed", conn=w1)
+    w1.last_beat -= 10
+    assert region.coordinator.evict_silent(3.0) == ["w1"]
+    # No connected worker is left: the requeued task goes back to the master.
+    assert [t for t, _ in region.handed_back] == [["task-0"]]
