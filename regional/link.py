@@ -137,10 +137,11 @@ class MasterLink:
                 for w in c.workers()
             ],
         )
+        # A beat is due every interval: one that takes much longer is as good as lost.
+        deadline = max(1.0, 2 * self._settings.heartbeat_interval.total_seconds())
         try:
-            # No retries: the next beat is the retry.
             reply = await self.breaker.call(
-                lambda: self._stub.Heartbeat(request, timeout=CALL_TIMEOUT_S)
+                lambda: self._stub.Heartbeat(request, timeout=deadline)
             )
         except (grpc.aio.AioRpcError, CircuitOpen) as exc:
             logger.warning(
