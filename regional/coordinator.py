@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -19,6 +19,9 @@ from proto import strata_pb2 as pb
 logger = logging.getLogger(__name__)
 
 Ref = tuple[str, int]  # (task id, attempt)
+# Results forwarded lately, to recognise one sent again after a broken stream; bounded
+# so that memory follows the region's capacity, not its history.
+REMEMBERED_RESULTS = 50_000
 
 
 def ref_of(spec: pb.TaskSpec | pb.TaskEvent | pb.TaskRef) -> Ref:
@@ -76,6 +79,7 @@ class Coordinator:
         # Every attempt the region holds (queued or on a worker): a delegation that
         # arrives twice (a retried call) must not run twice.
         self._held: set[Ref] = set()
+        self._reported: OrderedDict[Ref, None] = OrderedDict()
         self.accepting = True
 
     # ---- figures the master sees -------------------------------------------------
@@ -269,6 +273,16 @@ class Coordinator:
             self.leave(worker.id, f"no heartbeat for {now - worker.last_beat:.1f}s")
             worker.close()
         return [w.id for w in silent]
+
+    def first_result(self, ref: Ref) -> bool:
+        """True the first time a result of this attempt comes in (forward it), False for
+        a repeat (a worker replaying what it was not sure had arrived)."""
+        if ref in self._reported:
+            return False
+        self._reported[ref] = None
+        if len(self._reported) > REMEMBERED_RESULTS:
+            self._reported.popitem(last=False)
+        return True
 
     def finished(self, worker_id: str, refs: Iterable[Ref]) -> None:
         """A worker reported results: its slots are free again."""

@@ -90,12 +90,17 @@ class RegionService:
                     done = []
                     for event in message.events.events:
                         if event.type in _RESULTS:
-                            done.append(ref_of(event))
+                            ref = ref_of(event)
+                            done.append(ref)
+                            if not self._coordinator.first_result(ref):
+                                continue  # replayed after a broken stream: sent already
                         # Waits when the buffer to the master is full: back-pressure
                         # reaches the worker instead of memory growing.
                         await self._link.events.put(event)
                     if done:
                         self._coordinator.finished(conn.id, done)
+                    # In our buffer now, delivered to the master from there.
+                    conn.send(pb.RegionMessage(ack=pb.Ack(seq=message.events.seq)))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             logger.info(
                 "worker %s stream ended: %s", conn.id, exc,

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from typing import Any
 
 import grpc
@@ -52,6 +53,10 @@ class Agent:
             reset_timeout_s=settings.heartbeat_interval.total_seconds(),
             retry=RetryPolicy(attempts=2, initial_s=0.05, max_wait_s=0.2, deadline_s=10),
         )
+        # Event batches written but not yet acknowledged by the region: a stream that
+        # breaks may have lost them, so they are sent again on the next one.
+        self._unacked: deque[tuple[int, list[pb.TaskEvent]]] = deque()
+        self._seq = 0
         self.health_address = ""
         self.connected = False
         self.draining = False
@@ -121,6 +126,10 @@ class Agent:
     async def _session(self) -> None:
         async with grpc.aio.insecure_channel(self._settings.region) as channel:
             call, interval = await self.breaker.call(lambda: self._handshake(channel))
+            async with self._write_lock:
+                for seq, events in list(self._unacked):
+                    await call.write(pb.WorkerMessage(events=pb.EventBatch(events=events,
+                                                                           seq=seq)))
             self._call = call
             self.connected = True
             logger.info(
@@ -139,6 +148,9 @@ class Agent:
                             task = self._running.get((ref.task_id, ref.attempt))
                             if task is not None:
                                 task.cancel()
+                    elif body == "ack":
+                        while self._unacked and self._unacked[0][0] <= message.ack.seq:
+                            self._unacked.popleft()
             finally:
                 beats.cancel()
                 await asyncio.gather(beats, return_exceptions=True)
@@ -146,9 +158,9 @@ class Agent:
     def _holding(self) -> set[Ref]:
         """What this worker still answers for: running, or finished with the result not
         yet delivered. The region keeps these for us instead of giving them away."""
-        unsent = {(e.task_id, e.attempt) for e in self.events.pending()
-                  if e.type != pb.EVENT_TYPE_STARTED}
-        return set(self._running) | unsent
+        unsent = [*self.events.pending(), *(e for _, batch in self._unacked for e in batch)]
+        results = {(e.task_id, e.attempt) for e in unsent if e.type != pb.EVENT_TYPE_STARTED}
+        return set(self._running) | results
 
     async def _write(self, message: pb.WorkerMessage) -> None:
         call = self._call
@@ -165,7 +177,10 @@ class Agent:
             )
 
     async def _send_events(self, events: list[pb.TaskEvent]) -> None:
-        await self._write(pb.WorkerMessage(events=pb.EventBatch(events=events)))
+        self._seq += 1
+        seq = self._seq
+        await self._write(pb.WorkerMessage(events=pb.EventBatch(events=events, seq=seq)))
+        self._unacked.append((seq, events))
 
     # ---- running tasks -------------------------------------------------------------------
 

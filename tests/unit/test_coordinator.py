@@ -452,3 +452,17 @@ def test_a_disconnected_worker_that_stays_silent_is_evicted_and_its_tasks_requeu
     assert region.coordinator.evict_silent(3.0) == ["w1"]
     # No connected worker is left: the requeued task goes back to the master.
     assert [t for t, _ in region.handed_back] == [["task-0"]]
+
+
+def test_a_replayed_result_is_recognised_and_memory_stays_bounded(monkeypatch):
+    import regional.coordinator as coordinator_module
+
+    monkeypatch.setattr(coordinator_module, "REMEMBERED_RESULTS", 3)
+    region = make_region()
+    assert region.coordinator.first_result(("task-0", 1)) is True
+    assert region.coordinator.first_result(("task-0", 1)) is False
+    assert region.coordinator.first_result(("task-0", 2)) is True  # another attempt
+    for n in (1, 2, 3):
+        region.coordinator.first_result((f"task-{n}", 1))
+    # The oldest is forgotten once more than the bound are remembered.
+    assert region.coordinator.first_result(("task-0", 1)) is True
