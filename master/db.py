@@ -125,6 +125,12 @@ class CancelOutcome:
     cancelled: bool
 
 
+async def _keep_session(conn: Any) -> None:
+    """Skip asyncpg's reset query (a round trip on every release): our sessions set no
+    state, and the holders of LISTEN and advisory locks undo them themselves. asyncpg
+    still rolls back any open transaction before this is called."""
+
+
 def _wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn a lost connection into DatabaseUnavailable, where the driver error enters."""
 
@@ -150,7 +156,7 @@ class Database:
         try:
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=pool_size, command_timeout=command_timeout_s,
-                timeout=command_timeout_s,
+                timeout=command_timeout_s, reset=_keep_session,
             )
         except _CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc}") from exc

@@ -56,6 +56,9 @@ class Agent:
         # Event batches written but not yet acknowledged by the region: a stream that
         # breaks may have lost them, so they are sent again on the next one.
         self._unacked: deque[tuple[int, list[pb.TaskEvent]]] = deque()
+        # STARTED events still waiting in the buffer: a result that is ready before its
+        # STARTED went out takes its place, so a fast task costs one event, not two.
+        self._unsent_started: dict[Ref, pb.TaskEvent] = {}
         self._seq = 0
         self.health_address = ""
         self.connected = False
@@ -177,6 +180,10 @@ class Agent:
             )
 
     async def _send_events(self, events: list[pb.TaskEvent]) -> None:
+        # Before any await: from here on these STARTED events are no longer ours to change.
+        for event in events:
+            if event.type == pb.EVENT_TYPE_STARTED:
+                self._unsent_started.pop((event.task_id, event.attempt), None)
         self._seq += 1
         seq = self._seq
         await self._write(pb.WorkerMessage(events=pb.EventBatch(events=events, seq=seq)))
@@ -199,14 +206,17 @@ class Agent:
         task.add_done_callback(lambda _: self._running.pop(ref, None))
 
     async def _execute(self, spec: pb.TaskSpec) -> None:
+        ref = (spec.id, spec.attempt)
         started_at = time.time()
-        self.events.put_nowait(
-            pb.TaskEvent(task_id=spec.id, attempt=spec.attempt, type=pb.EVENT_TYPE_STARTED,
-                         worker_id=self.id, started_at=started_at)
-        )
+        started = pb.TaskEvent(task_id=spec.id, attempt=spec.attempt,
+                               type=pb.EVENT_TYPE_STARTED, worker_id=self.id,
+                               started_at=started_at)
+        self._unsent_started[ref] = started
+        self.events.put_nowait(started)
         try:
             outcome = await self._runner.run(spec.kind, spec.payload_json, spec.timeout_s)
         except asyncio.CancelledError:
+            self._unsent_started.pop(ref, None)
             if self.draining:
                 # Interrupted by shutdown: hand it back to run again elsewhere.
                 self.events.put_nowait(
@@ -215,15 +225,18 @@ class Agent:
                 )
             raise
         self.completed += 1
-        self.events.put_nowait(
-            pb.TaskEvent(
-                task_id=spec.id, attempt=spec.attempt,
-                type=pb.EVENT_TYPE_SUCCEEDED if outcome.ok else pb.EVENT_TYPE_FAILED,
-                worker_id=self.id, started_at=started_at, finished_at=time.time(),
-                has_exit_code=outcome.exit_code is not None, exit_code=outcome.exit_code or 0,
-                output=outcome.output, error=outcome.error or "",
-            )
+        result = pb.TaskEvent(
+            task_id=spec.id, attempt=spec.attempt,
+            type=pb.EVENT_TYPE_SUCCEEDED if outcome.ok else pb.EVENT_TYPE_FAILED,
+            worker_id=self.id, started_at=started_at, finished_at=time.time(),
+            has_exit_code=outcome.exit_code is not None, exit_code=outcome.exit_code or 0,
+            output=outcome.output, error=outcome.error or "",
         )
+        pending_started = self._unsent_started.pop(ref, None)
+        if pending_started is not None:
+            pending_started.CopyFrom(result)  # the result goes out in the STARTED's place
+        else:
+            self.events.put_nowait(result)
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking work, let running tasks finish within the grace, return the rest."""
