@@ -17,19 +17,18 @@ import argparse
 import asyncio
 import contextlib
 import re
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
+from bench.postgres import throwaway_postgres
 from common.client import Client
 from tests.chaos.harness import ChaosCluster
 from tests.chaos.links import ToxiproxyServer, find_binary
 from tests.e2e.cluster import wait_until
-from topologies.postgres import EmbeddedPostgres, free_port
+from topologies.postgres import EmbeddedPostgres
 
 ENV = {"STRATA_LOG_LEVEL": "INFO", "STRATA_HEARTBEAT_INTERVAL": "1",
        "STRATA_REGION_DEAD_AFTER": "5", "STRATA_WORKER_DEAD_AFTER": "3"}
@@ -57,19 +56,16 @@ def _log_times(log: str, action: str) -> list[datetime]:
             re.finditer(rf"^(\S+) \S+ \S+ action={action}\b", log, re.MULTILINE)]
 
 
-def _start_postgres() -> tuple[Path, EmbeddedPostgres]:
-    home = Path(tempfile.mkdtemp(prefix="strata-breaker-"))
-    home.chmod(0o755)  # the server runs as another user when we are root
-    pg = EmbeddedPostgres(home / "pg", port=free_port(), fast=True)
-    pg.start()
-    return home, pg
-
-
 async def main(args: argparse.Namespace) -> None:
     binary = find_binary()
     if binary is None:
         raise SystemExit("toxiproxy-server not found: run `make toxiproxy`")
-    home, pg = await asyncio.to_thread(_start_postgres)
+    async with throwaway_postgres("strata-breaker-") as (home, pg):
+        await run(home, pg, binary, args)
+
+
+async def run(home: Path, pg: EmbeddedPostgres, binary: Path, args: argparse.Namespace
+              ) -> None:
     proxy = ToxiproxyServer(binary, home / "toxiproxy.log")
     await asyncio.to_thread(proxy.start)
     chaos = await ChaosCluster.create(workdir=home, database_url=pg.url, toxiproxy=proxy)
@@ -121,8 +117,6 @@ async def main(args: argparse.Namespace) -> None:
             await chaos.all_links().clear()
         chaos.stop()
         await asyncio.to_thread(proxy.stop)
-        await asyncio.to_thread(pg.stop)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 async def _is(c: Client, region: str, state: str) -> bool:

@@ -12,18 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import psutil
 
+from bench.postgres import throwaway_postgres
 from tests.e2e.cluster import Cluster, wait_until
-from topologies.postgres import EmbeddedPostgres, free_port
+from topologies.postgres import EmbeddedPostgres
 
 BATCH = 10_000
 
@@ -102,17 +100,8 @@ def _cpu(cluster: Cluster, pg: EmbeddedPostgres) -> dict[str, float]:
     return out
 
 
-def _start_postgres(durable: bool) -> tuple[Path, EmbeddedPostgres]:
-    home = Path(tempfile.mkdtemp(prefix="strata-bench-"))
-    home.chmod(0o755)  # the server runs as another user when we are root
-    pg = EmbeddedPostgres(home / "pg", port=free_port(), fast=not durable)
-    pg.start()
-    return home, pg
-
-
 async def main(args: argparse.Namespace) -> None:
-    home, pg = await asyncio.to_thread(_start_postgres, args.durable)
-    try:
+    async with throwaway_postgres("strata-bench-", fast=not args.durable) as (home, pg):
         conn = await asyncpg.connect(pg.url)
         await conn.execute("CREATE DATABASE bench")
         await conn.close()
@@ -155,9 +144,6 @@ async def main(args: argparse.Namespace) -> None:
             print(f"mean latency {statistics.mean(lat):.1f} ms")
         finally:
             cluster.stop()
-    finally:
-        pg.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import signal
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
+from bench.postgres import throwaway_postgres
 from common.client import Client
 from common.settings import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_REGION_DEAD_AFTER
 from tests.e2e.cluster import Cluster, wait_until
-from topologies.postgres import EmbeddedPostgres, free_port
 
 DEFAULTS = {
     "STRATA_HEARTBEAT_INTERVAL": str(DEFAULT_HEARTBEAT_INTERVAL.total_seconds()),
@@ -55,17 +52,12 @@ async def trial(cluster: Cluster, c: Client, ids: list[str], victim: str, surviv
         await asyncio.sleep(0.02)
 
 
-def _start_postgres() -> tuple[Path, EmbeddedPostgres]:
-    home = Path(tempfile.mkdtemp(prefix="strata-failover-"))
-    home.chmod(0o755)  # the server runs as another user when we are root
-    pg = EmbeddedPostgres(home / "pg", port=free_port(), fast=True)
-    pg.start()
-    return home, pg
-
-
 async def main(args: argparse.Namespace) -> None:
-    home, pg = await asyncio.to_thread(_start_postgres)
-    cluster = Cluster(workdir=home, database_url=pg.url, env=DEFAULTS)
+    async with throwaway_postgres("strata-failover-") as (home, pg):
+        await run(Cluster(workdir=home, database_url=pg.url, env=DEFAULTS), args)
+
+
+async def run(cluster: Cluster, args: argparse.Namespace) -> None:
     try:
         await cluster.start_master()
         await cluster.start_region("a")
@@ -100,8 +92,6 @@ async def main(args: argparse.Namespace) -> None:
                   f"target of {dead_after + 1:g}s)")
     finally:
         cluster.stop()
-        await asyncio.to_thread(pg.stop)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 async def _workers_back(c: Client, region: str) -> bool:

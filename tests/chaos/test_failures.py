@@ -107,30 +107,22 @@ async def test_postgres_link_cut_for_five_seconds(
     assert load.duplicates() == 0
 
 
-async def test_region_sigkilled_mid_run(
-    chaos: ChaosCluster, report: Callable[[Summary], None]
+@pytest.mark.parametrize(("victim", "process", "requeued"), [
+    ("east", "master", "tasks_reclaimed"),  # the master reclaims a dead region's work
+    ("east-w1", "east", "worker_evicted"),  # the region requeues a dead worker's work
+])
+async def test_process_sigkilled_mid_run(
+    chaos: ChaosCluster, report: Callable[[Summary], None],
+    victim: str, process: str, requeued: str,
 ) -> None:
     await _start(chaos)
     async with chaos.client() as c:
         load = Load(c, chaos.workdir / "executions", rate=RATE, task_seconds=0.3)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(load.run(LOAD_S))
-            tg.create_task(_after(2.0, lambda: chaos.kill("east", signal.SIGKILL)))
-        await _finish(load, "region east SIGKILLed mid-run", report)
-    assert chaos.events("tasks_reclaimed", process="master") >= 1
-
-
-async def test_worker_sigkilled_mid_run(
-    chaos: ChaosCluster, report: Callable[[Summary], None]
-) -> None:
-    await _start(chaos)
-    async with chaos.client() as c:
-        load = Load(c, chaos.workdir / "executions", rate=RATE, task_seconds=0.3)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(load.run(LOAD_S))
-            tg.create_task(_after(2.0, lambda: chaos.kill("east-w1", signal.SIGKILL)))
-        await _finish(load, "worker east-w1 SIGKILLed mid-run", report)
-    assert chaos.events("worker_evicted", process="east") >= 1
+            tg.create_task(_after(2.0, lambda: chaos.kill(victim, signal.SIGKILL)))
+        await _finish(load, f"{victim} SIGKILLed mid-run", report)
+    assert chaos.events(requeued, process=process) >= 1
 
 
 async def test_master_sigkilled_mid_run_and_restarted(

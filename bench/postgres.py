@@ -1,0 +1,32 @@
+"""A throwaway PostgreSQL for a benchmark run."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from topologies.postgres import EmbeddedPostgres, free_port
+
+
+def _start(prefix: str, fast: bool) -> tuple[Path, EmbeddedPostgres]:
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    home.chmod(0o755)  # the server runs as another user when we are root
+    pg = EmbeddedPostgres(home / "pg", port=free_port(), fast=fast)
+    pg.start()
+    return home, pg
+
+
+@asynccontextmanager
+async def throwaway_postgres(prefix: str, *, fast: bool = True
+                             ) -> AsyncIterator[tuple[Path, EmbeddedPostgres]]:
+    """A server in a fresh folder (also the run's work folder), removed afterwards."""
+    home, pg = await asyncio.to_thread(_start, prefix, fast)
+    try:
+        yield home, pg
+    finally:
+        await asyncio.to_thread(pg.stop)
+        shutil.rmtree(home, ignore_errors=True)
