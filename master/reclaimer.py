@@ -30,7 +30,6 @@ class Reclaimer:
             settings.heartbeat_interval.total_seconds() / 4,
             settings.region_dead_after.total_seconds() / 20,
         )
-        self.reclaimed_total = 0
 
     async def run(self) -> None:
         backoff = 0.1
@@ -76,6 +75,5 @@ class Reclaimer:
             )
         total = sum(reclaimed.values())
         if total:
-            self.reclaimed_total += total
             self._on_reclaimed()
         return total

@@ -38,7 +38,6 @@ class Scanner:
         # At most one delegation in flight per region, each its own task: a slow or
         # black-holed region delays only its own batch, never the other regions'.
         self._delegating: dict[str, asyncio.Task[int]] = {}
-        self.dispatched_total = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -122,8 +121,6 @@ class Scanner:
                     "delivering to %s failed: %r", region, exc, exc_info=exc,
                     extra={"action": "delegate_error", "region": region},
                 )
-            else:
-                self.dispatched_total += task.result()
         self.wake()
 
     async def _delegate(self, region: RegionRoom, claimed: list[Claimed]) -> int:

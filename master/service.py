@@ -97,7 +97,6 @@ class MasterService:
         self._reconcile_grace = max(
             RECONCILE_GRACE, 3 * settings.heartbeat_interval
         )
-        self.stale_total = 0
 
     @grpc_errors
     async def Register(
@@ -171,7 +170,6 @@ class MasterService:
             backoff_max=self._settings.retry_backoff_max,
         )
         if stale:
-            self.stale_total += len(stale)
             await self._db.count_stale(request.region, len(stale))
             logger.warning(
                 "dropped %d stale events from %s", len(stale), request.region,

@@ -132,7 +132,8 @@ class Coordinator:
         return accepted, rejected
 
     def cancel(self, refs: Iterable[Ref]) -> int:
-        """Drop queued attempts and tell workers to stop running ones."""
+        """Drop queued attempts and tell workers to stop running ones (their slots free
+        up when the worker reports them returned)."""
         wanted = set(refs)
         if not wanted:
             return 0
@@ -154,17 +155,21 @@ class Coordinator:
         self._held.difference_update(ref_of(s) for s in taken)
         return taken
 
-    def forget_everything(self) -> int:
-        """The master reclaimed all we hold (we were declared down): drop the queue and
-        stop every running attempt; their results would be stale anyway."""
-        dropped = len(self.drain_queue())
+    def forget(self, refs: set[Ref]) -> int:
+        """The master reclaimed these attempts (we were declared down): drop them from
+        the queue and stop them on the workers; their results would be stale anyway.
+        Only these: work delivered after the master took us back is ours."""
+        before = len(self._queue)
+        self._queue = deque(s for s in self._queue if ref_of(s) not in refs)
+        dropped = before - len(self._queue)
         for worker in self._workers.values():
-            if worker.inflight:
-                refs = [pb.TaskRef(task_id=r[0], attempt=r[1]) for r in worker.inflight]
-                worker.send(pb.RegionMessage(cancel=pb.CancelRequest(tasks=refs)))
-                dropped += len(refs)
-                worker.inflight.clear()
-        self._held.clear()
+            hits = [r for r in worker.inflight if r in refs]
+            if hits:
+                # The slots stay taken until the worker answers that it stopped them.
+                worker.send(pb.RegionMessage(cancel=pb.CancelRequest(
+                    tasks=[pb.TaskRef(task_id=r[0], attempt=r[1]) for r in hits])))
+                dropped += len(hits)
+        self._held -= refs
         logger.warning(
             "the master gave our work away while we were unreachable; dropped %d attempts",
             dropped, extra={"action": "region_reset", "region": self.name},

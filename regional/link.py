@@ -119,7 +119,8 @@ class MasterLink:
 
     async def heartbeat(self) -> bool:
         c = self.coordinator
-        held = c.held() | {(e.task_id, e.attempt) for e in self.events.pending()}
+        held_now = c.held()
+        held = held_now | {(e.task_id, e.attempt) for e in self.events.pending()}
         request = pb.RegionHeartbeat(
             held=[pb.TaskRef(task_id=i, attempt=a) for i, a in held],
             built_at=time.time(),
@@ -150,7 +151,8 @@ class MasterLink:
             )
             return False
         if not reply.known:
-            c.forget_everything()
+            # Everything we held when this beat left was reclaimed meanwhile.
+            c.forget(held_now)
         self._acked()
         return True
 

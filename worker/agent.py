@@ -217,12 +217,13 @@ class Agent:
             outcome = await self._runner.run(spec.kind, spec.payload_json, spec.timeout_s)
         except asyncio.CancelledError:
             self._unsent_started.pop(ref, None)
-            if self.draining:
-                # Interrupted by shutdown: hand it back to run again elsewhere.
-                self.events.put_nowait(
-                    pb.TaskEvent(task_id=spec.id, attempt=spec.attempt,
-                                 type=pb.EVENT_TYPE_RETURNED, worker_id=self.id)
-                )
+            # Stopped (by the region, or by our shutdown): say so, which frees the slot
+            # the region keeps for it. A still-current attempt goes back to pending; a
+            # stale or cancelled one matches nothing at the master.
+            self.events.put_nowait(
+                pb.TaskEvent(task_id=spec.id, attempt=spec.attempt,
+                             type=pb.EVENT_TYPE_RETURNED, worker_id=self.id)
+            )
             raise
         self.completed += 1
         result = pb.TaskEvent(

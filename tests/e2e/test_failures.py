@@ -104,9 +104,10 @@ async def test_results_of_a_reclaimed_attempt_are_dropped_and_counted(
         ids = await c.create_batch([_recording(record, f"m{n}", seconds=1.5)
                                     for n in range(16)])
 
-        async def running_in_east() -> list[str]:
+        async def running_in_east() -> dict[str, int]:
             tasks = [await c.get(i) for i in ids]
-            return [t["id"] for t in tasks if t["region"] == "east" and t["state"] == "running"]
+            return {t["id"]: t["attempt"] for t in tasks
+                    if t["region"] == "east" and t["state"] == "running"}
 
         in_east = await wait_until(running_in_east, what="a task running in east")
         # Freeze the region (a real SIGSTOP): its worker finishes, but the region cannot
@@ -115,16 +116,17 @@ async def test_results_of_a_reclaimed_attempt_are_dropped_and_counted(
         try:
             await wait_until(lambda: _down(c, "east"), timeout_s=10, what="east marked down")
             moved = await wait_until(
-                lambda: _all_attempt(c, in_east, 2), timeout_s=10, what="reclaimed")
+                lambda: _all_moved_on(c, in_east), timeout_s=10, what="reclaimed")
             assert moved
         finally:
             cluster.kill("east", signal.SIGCONT)
         for task_id in ids:
             task = await c.wait(task_id, timeout_s=30)
             assert task["state"] == "succeeded"
-        for task_id in in_east:
-            # Reclaimed and claimed again (by west, or by east once it came back).
-            assert (await c.get(task_id))["attempt"] == 3
+        for task_id, attempt in in_east.items():
+            # Reclaimed (one step) and claimed again (another), by west or by east once it
+            # came back.
+            assert (await c.get(task_id))["attempt"] == attempt + 2
         stale = await wait_until(
             lambda: _stale(c, "east"), timeout_s=15, what="stale results counted")
         assert stale >= len(in_east)
@@ -133,13 +135,13 @@ async def test_results_of_a_reclaimed_attempt_are_dropped_and_counted(
     assert "action=region_reset" in cluster.log("east")
     executions = _executions(record)
     assert set(executions) == {f"m{n}" for n in range(16)}
-    # Duplicates happen only across the reclaim, never for the other tasks.
-    reclaimed_markers = {m for m, n in executions.items() if n > 1}
-    assert len(reclaimed_markers) <= len(in_east)
+    # Only attempts running on east's worker when it froze can have run twice: at most
+    # its four slots (some of them may not have shown as running yet when we looked).
+    assert sum(1 for n in executions.values() if n > 1) <= 4
 
 
-async def _all_attempt(c: Client, ids: list[str], attempt: int) -> bool:
-    return all([(await c.get(i))["attempt"] >= attempt for i in ids])
+async def _all_moved_on(c: Client, attempts: dict[str, int]) -> bool:
+    return all([(await c.get(i))["attempt"] > a for i, a in attempts.items()])
 
 
 async def _stale(c: Client, region: str) -> int:

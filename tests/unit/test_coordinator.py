@@ -466,3 +466,30 @@ def test_a_replayed_result_is_recognised_and_memory_stays_bounded(monkeypatch):
         region.coordinator.first_result((f"task-{n}", 1))
     # The oldest is forgotten once more than the bound are remembered.
     assert region.coordinator.first_result(("task-0", 1)) is True
+
+
+def test_forget_drops_only_the_reclaimed_attempts():
+    region = make_region(queue_factor=2.0)
+    region.join("w1", 1)
+    accepted, _ = region.coordinator.accept(specs(0, 1, 2))
+    assert len(accepted) == 3  # w1 runs task-0; task-1, task-2 queued
+    reclaimed = {("task-0", 1), ("task-1", 1)}
+    assert region.coordinator.forget(reclaimed) == 2
+    # task-0 is stopped on the worker; its slot stays taken until the worker says so.
+    assert region.streams["w1"].cancels == [{("task-0", 1)}]
+    assert region.streams["w1"].assigned == ["task-0"]
+    assert region.coordinator.held() == {("task-2", 1)}
+    region.coordinator.finished("w1", [("task-0", 1)])  # the worker's RETURNED
+    # task-2 (delivered after the master took us back) stays ours and now runs.
+    assert region.streams["w1"].assigned == ["task-0", "task-2"]
+
+
+def test_a_cancelled_attempt_keeps_its_slot_until_the_worker_returns_it():
+    region = make_region()
+    w1 = region.join("w1", 1)
+    region.coordinator.accept(specs(0, 1))  # task-0 runs, task-1 queued
+    region.coordinator.cancel([("task-0", 1)])
+    assert w1.free == 0  # still running on the worker until it says otherwise
+    assert region.streams["w1"].assigned == ["task-0"]
+    region.coordinator.finished("w1", [("task-0", 1)])  # the worker's RETURNED
+    assert region.streams["w1"].assigned == ["task-0", "task-1"]
