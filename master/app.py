@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
 from aiohttp import web
 
+from common import channels
 from common.errors import ConfigError
 from common.settings import MasterSettings
 from common.supervise import TaskSet, first_of, stop_on_signals
@@ -56,7 +56,7 @@ async def serve(settings: MasterSettings, stop: asyncio.Event | None = None) -> 
     reclaimer = Reclaimer(db, settings, on_reclaimed=scanner.wake)
     service = MasterService(db, settings, scanner.wake)
 
-    server = grpc.aio.server()
+    server = channels.server()
     rpc.add_MasterServicer_to_server(service, server)
     server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from common import channels
 from common.breaker import CircuitBreaker, RetryPolicy
 from proto import strata_pb2_grpc as rpc
 
@@ -54,7 +55,7 @@ class RegionClients:
                 )
                 # The old channel is closed when the garbage collector finds it;
                 # in-flight calls on it finish first.
-            channel = grpc.aio.insecure_channel(address)
+            channel = channels.channel(address)
             link = _Link(address=address, channel=channel, stub=rpc.RegionStub(channel))
             self._links[name] = link
         return link.stub

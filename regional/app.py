@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
-
+from common import channels
 from common.settings import RegionalSettings
 from common.supervise import TaskSet, first_of, stop_on_signals
 from proto import strata_pb2_grpc as rpc
@@ -44,7 +43,7 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
         on_capacity_change=link.poke, hand_back=link.hand_back, lease_valid=link.lease_valid,
     )
     link.attach(coordinator)
-    server = grpc.aio.server()
+    server = channels.server()
     rpc.add_RegionServicer_to_server(
         RegionService(coordinator, link, settings.heartbeat_interval.total_seconds()), server
     )

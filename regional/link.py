@@ -10,6 +10,7 @@ import time
 
 import grpc
 
+from common import channels
 from common.batching import Batcher
 from common.breaker import CircuitBreaker, RetryPolicy
 from common.errors import CircuitOpen
@@ -34,7 +35,7 @@ class MasterLink:
                  ) -> None:
         self._settings = settings
         self._coordinator = coordinator
-        self._channel = grpc.aio.insecure_channel(settings.master)
+        self._channel = channels.channel(settings.master)
         self._stub = rpc.MasterStub(self._channel)
         self._poke = asyncio.Event()
         self.breaker = CircuitBreaker(

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from common import channels
 from common.batching import Batcher
 from common.breaker import CircuitBreaker, RetryPolicy
 from common.errors import CircuitOpen, StrataError, Unavailable
@@ -127,7 +128,7 @@ class Agent:
         return call, interval
 
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(self._settings.region) as channel:
+        async with channels.channel(self._settings.region) as channel:
             call, interval = await self.breaker.call(lambda: self._handshake(channel))
             async with self._write_lock:
                 for seq, events in list(self._unacked):
