@@ -61,14 +61,6 @@ async def client(
     assert internal == [], [r.getMessage() for r in internal]
 
 
-@pytest.fixture
-async def raw(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
 
 async def task_count(raw: asyncpg.Connection) -> int:
     value: int = await raw.fetchval("SELECT count(*) FROM tasks")

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -71,15 +71,6 @@ async def apply(
         started, done, backoff_base=backoff_base, backoff_max=backoff_max
     )
 
-
-@pytest.fixture
-async def raw(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A plain connection for test setup (ageing rows) and for reading raw columns."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def make_due(raw: asyncpg.Connection, task_id: uuid.UUID) -> None:
