@@ -12,7 +12,7 @@ TOXIPROXY := bin/toxiproxy-server
 .PHONY: test install toxiproxy lint typecheck imports unit integration e2e chaos proto bench
 
 install:
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test]' --config-settings editable_mode=strict
 
 # Reinstalls when the pin changes. CGO off: a static binary, and no C compiler needed.
 # Optimisations off (-N -l): on a cold build cache that cuts the build (mostly the
@@ -52,7 +52,7 @@ chaos: toxiproxy
 	$(PYTHON) -m pytest tests/chaos $(PYTEST_ARGS)
 
 proto:
-	$(PYTHON) -m proto.generate
+	$(PYTHON) -m strata.proto.generate
 
 bench:
 	$(PYTHON) -m bench.run

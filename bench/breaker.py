@@ -24,11 +24,11 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.postgres import throwaway_postgres
-from common.client import Client
+from strata.common.client import Client
+from strata.local.cluster import wait_until
+from strata.local.postgres import EmbeddedPostgres
 from tests.chaos.harness import ChaosCluster
 from tests.chaos.links import ToxiproxyServer, find_binary
-from tests.e2e.cluster import wait_until
-from topologies.postgres import EmbeddedPostgres
 
 ENV = {"STRATA_LOG_LEVEL": "INFO", "STRATA_HEARTBEAT_INTERVAL": "1",
        "STRATA_REGION_DEAD_AFTER": "5", "STRATA_WORKER_DEAD_AFTER": "3"}

@@ -20,8 +20,8 @@ import asyncpg
 import psutil
 
 from bench.postgres import throwaway_postgres
-from tests.e2e.cluster import Cluster, wait_until
-from topologies.postgres import EmbeddedPostgres
+from strata.local.cluster import Cluster, wait_until
+from strata.local.postgres import EmbeddedPostgres
 
 BATCH = 10_000
 

@@ -15,9 +15,9 @@ import statistics
 import time
 
 from bench.postgres import throwaway_postgres
-from common.client import Client
-from common.settings import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_REGION_DEAD_AFTER
-from tests.e2e.cluster import Cluster, wait_until
+from strata.common.client import Client
+from strata.common.settings import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_REGION_DEAD_AFTER
+from strata.local.cluster import Cluster, wait_until
 
 DEFAULTS = {
     "STRATA_HEARTBEAT_INTERVAL": str(DEFAULT_HEARTBEAT_INTERVAL.total_seconds()),

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from topologies.postgres import EmbeddedPostgres, free_port
+from strata.local.postgres import EmbeddedPostgres, free_port
 
 
 def _start(prefix: str, fast: bool) -> tuple[Path, EmbeddedPostgres]:

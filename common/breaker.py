@@ -24,7 +24,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from common.errors import CircuitOpen, Unavailable
+from strata.common.errors import CircuitOpen, Unavailable
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from common.errors import InvalidInput, NotFound, StrataError, Unavailable
+from strata.common.errors import InvalidInput, NotFound, StrataError, Unavailable
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 

@@ -19,9 +19,9 @@ from pydantic import (
     ValidationError,
 )
 
-from common.errors import InvalidInput
-from common.kinds import KINDS, PAYLOADS
-from common.timeutil import as_utc, rfc3339, utcnow
+from strata.common.errors import InvalidInput
+from strata.common.kinds import KINDS, PAYLOADS
+from strata.common.timeutil import as_utc, rfc3339, utcnow
 
 REGION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 MAX_BATCH = 10_000

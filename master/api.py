@@ -13,16 +13,16 @@ from typing import Any
 
 from aiohttp import web
 
-from common.errors import (
+from strata.common.errors import (
     Conflict,
     InvalidInput,
     NotFound,
     StrataError,
     Unavailable,
 )
-from common.models import TaskState, parse_batch, parse_new_task
-from common.timeutil import as_utc, rfc3339, utcnow
-from master.control import Control
+from strata.common.models import TaskState, parse_batch, parse_new_task
+from strata.common.timeutil import as_utc, rfc3339, utcnow
+from strata.master.control import Control
 
 logger = logging.getLogger(__name__)
 

@@ -7,18 +7,18 @@ import logging
 
 from aiohttp import web
 
-from common import channels
-from common.errors import ConfigError
-from common.settings import MasterSettings
-from common.supervise import TaskSet, first_of, stop_on_signals
-from master.api import Api
-from master.control import Control
-from master.db import Database, wait_for_database
-from master.reclaimer import Reclaimer
-from master.regions import RegionClients
-from master.scanner import Scanner
-from master.service import MasterService
-from proto import strata_pb2_grpc as rpc
+from strata.common import channels
+from strata.common.errors import ConfigError
+from strata.common.settings import MasterSettings
+from strata.common.supervise import TaskSet, first_of, stop_on_signals
+from strata.master.api import Api
+from strata.master.control import Control
+from strata.master.db import Database, wait_for_database
+from strata.master.reclaimer import Reclaimer
+from strata.master.regions import RegionClients
+from strata.master.scanner import Scanner
+from strata.master.service import MasterService
+from strata.proto import strata_pb2_grpc as rpc
 
 logger = logging.getLogger(__name__)
 

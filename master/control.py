@@ -10,13 +10,13 @@ from typing import Any
 
 import grpc
 
-from common.errors import Conflict, NotFound
-from common.models import NewTask, Task, TaskState
-from common.settings import MasterSettings
-from common.timeutil import from_unix, rfc3339
-from master.db import Database
-from master.regions import RegionClients
-from proto import strata_pb2 as pb
+from strata.common.errors import Conflict, NotFound
+from strata.common.models import NewTask, Task, TaskState
+from strata.common.settings import MasterSettings
+from strata.common.timeutil import from_unix, rfc3339
+from strata.master.db import Database
+from strata.master.regions import RegionClients
+from strata.proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
 

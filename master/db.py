@@ -16,8 +16,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from common.errors import DatabaseUnavailable
-from common.models import NewTask, Task
+from strata.common.errors import DatabaseUnavailable
+from strata.common.models import NewTask, Task
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def _load_queries() -> dict[str, str]:
-    text = resources.files("sql").joinpath("queries.sql").read_text()
+    text = resources.files("strata.sql").joinpath("queries.sql").read_text()
     queries: dict[str, str] = {}
     for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
         name, _, body = block.partition("\n")
@@ -50,7 +50,7 @@ def _load_queries() -> dict[str, str]:
 
 
 def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("sql").joinpath("migrations")
+    folder = resources.files("strata.sql").joinpath("migrations")
     found = []
     for entry in folder.iterdir():
         match = re.match(r"^(\d+)_.*\.sql$", entry.name)

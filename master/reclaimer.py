@@ -8,9 +8,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from common.errors import DatabaseUnavailable
-from common.settings import MasterSettings
-from master.db import RECLAIMER_LOCK_ID, Database
+from strata.common.errors import DatabaseUnavailable
+from strata.common.settings import MasterSettings
+from strata.master.db import RECLAIMER_LOCK_ID, Database
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from common import channels
-from common.breaker import CircuitBreaker, RetryPolicy
-from proto import strata_pb2_grpc as rpc
+from strata.common import channels
+from strata.common.breaker import CircuitBreaker, RetryPolicy
+from strata.proto import strata_pb2_grpc as rpc
 
 logger = logging.getLogger(__name__)
 

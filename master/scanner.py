@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 import grpc
 
-from common.errors import CircuitOpen, DatabaseUnavailable
-from common.settings import MasterSettings
-from common.timeutil import to_unix, utcnow
-from master.db import Claimed, Database, RegionRoom
-from master.regions import RegionClients
-from proto import strata_pb2 as pb
+from strata.common.errors import CircuitOpen, DatabaseUnavailable
+from strata.common.settings import MasterSettings
+from strata.common.timeutil import to_unix, utcnow
+from strata.master.db import Claimed, Database, RegionRoom
+from strata.master.regions import RegionClients
+from strata.proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import grpc
 
-from common.errors import InvalidInput, NotFound, StrataError, Unavailable
-from common.settings import MasterSettings
-from common.timeutil import from_unix, utcnow
-from master.db import Database, Finished, Started
-from proto import strata_pb2 as pb
+from strata.common.errors import InvalidInput, NotFound, StrataError, Unavailable
+from strata.common.settings import MasterSettings
+from strata.common.timeutil import from_unix, utcnow
+from strata.master.db import Database, Finished, Started
+from strata.proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
 

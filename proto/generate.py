@@ -1,38 +1,55 @@
 """Regenerate the Python stubs from proto/strata.proto.
 
-Run from anywhere: ``python -m proto.generate``. The stubs are committed; a test
+Run from anywhere: ``python -m strata.proto.generate``. The stubs are committed; a test
 regenerates them into a temporary folder and fails when they differ.
+
+protoc names a file's imports after its path under the include root, so the proto is
+compiled as ``strata/proto/strata.proto``: the stubs then import ``strata.proto``, the
+name this folder has once installed.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parent.parent
-PROTO = "proto/strata.proto"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PROTO = "strata.proto"
+PACKAGE_PATH = Path("strata") / "proto"
+STUBS = ("strata_pb2.py", "strata_pb2.pyi", "strata_pb2_grpc.py")
 
 
 def generate(out_dir: Path) -> None:
+    """Write the stubs of proto/strata.proto into ``out_dir``."""
     include = Path(protoc.__file__).parent / "_proto"
-    args = [
-        "protoc",
-        f"-I{ROOT}",
-        f"-I{include}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        str(ROOT / PROTO),
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    with tempfile.TemporaryDirectory() as tmp:
+        source_root, build = Path(tmp) / "src", Path(tmp) / "out"
+        (source_root / PACKAGE_PATH).mkdir(parents=True)
+        build.mkdir()
+        shutil.copyfile(HERE / PROTO, source_root / PACKAGE_PATH / PROTO)
+        args = [
+            "protoc",
+            f"-I{source_root}",
+            f"-I{include}",
+            f"--python_out={build}",
+            f"--pyi_out={build}",
+            f"--grpc_python_out={build}",
+            str(source_root / PACKAGE_PATH / PROTO),
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit("protoc failed")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in STUBS:
+            shutil.copyfile(build / PACKAGE_PATH / name, out_dir / name)
 
 
 def main() -> None:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT
-    generate(out)
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
 
 
 if __name__ == "__main__":

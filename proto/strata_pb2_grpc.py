@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import strata_pb2 as proto_dot_strata__pb2
+from strata.proto import strata_pb2 as strata_dot_proto_dot_strata__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/strata_pb2_grpc.py depends on'
+        + ' but the generated code in strata/proto/strata_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class MasterStub:
         """
         self.Register = channel.unary_unary(
                 '/strata.v1.Master/Register',
-                request_serializer=proto_dot_strata__pb2.RegisterRequest.SerializeToString,
-                response_deserializer=proto_dot_strata__pb2.RegisterReply.FromString,
+                request_serializer=strata_dot_proto_dot_strata__pb2.RegisterRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata__pb2.RegisterReply.FromString,
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/strata.v1.Master/Heartbeat',
-                request_serializer=proto_dot_strata__pb2.RegionHeartbeat.SerializeToString,
-                response_deserializer=proto_dot_strata__pb2.HeartbeatReply.FromString,
+                request_serializer=strata_dot_proto_dot_strata__pb2.RegionHeartbeat.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata__pb2.HeartbeatReply.FromString,
                 _registered_method=True)
         self.Report = channel.unary_unary(
                 '/strata.v1.Master/Report',
-                request_serializer=proto_dot_strata__pb2.ReportRequest.SerializeToString,
-                response_deserializer=proto_dot_strata__pb2.ReportReply.FromString,
+                request_serializer=strata_dot_proto_dot_strata__pb2.ReportRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata__pb2.ReportReply.FromString,
                 _registered_method=True)
         self.HandBack = channel.unary_unary(
                 '/strata.v1.Master/HandBack',
-                request_serializer=proto_dot_strata__pb2.HandBackRequest.SerializeToString,
-                response_deserializer=proto_dot_strata__pb2.HandBackReply.FromString,
+                request_serializer=strata_dot_proto_dot_strata__pb2.HandBackRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata__pb2.HandBackReply.FromString,
                 _registered_method=True)
 
 
@@ -88,23 +88,23 @@ def add_MasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
-                    request_deserializer=proto_dot_strata__pb2.RegisterRequest.FromString,
-                    response_serializer=proto_dot_strata__pb2.RegisterReply.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata__pb2.RegisterRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata__pb2.RegisterReply.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
-                    request_deserializer=proto_dot_strata__pb2.RegionHeartbeat.FromString,
-                    response_serializer=proto_dot_strata__pb2.HeartbeatReply.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata__pb2.RegionHeartbeat.FromString,
+                    response_serializer=strata_dot_proto_dot_strata__pb2.HeartbeatReply.SerializeToString,
             ),
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
-                    request_deserializer=proto_dot_strata__pb2.ReportRequest.FromString,
-                    response_serializer=proto_dot_strata__pb2.ReportReply.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata__pb2.ReportRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata__pb2.ReportReply.SerializeToString,
             ),
             'HandBack': grpc.unary_unary_rpc_method_handler(
                     servicer.HandBack,
-                    request_deserializer=proto_dot_strata__pb2.HandBackRequest.FromString,
-                    response_serializer=proto_dot_strata__pb2.HandBackReply.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata__pb2.HandBackRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata__pb2.HandBackReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,8 +132,8 @@ class Master:
             request,
             target,
             '/strata.v1.Master/Register',
-            proto_dot_strata__pb2.RegisterRequest.SerializeToString,
-            proto_dot_strata__pb2.RegisterReply.FromString,
+            strata_dot_proto_dot_strata__pb2.RegisterRequest.SerializeToString,
+            strata_dot_proto_dot_strata__pb2.RegisterReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -159,8 +159,8 @@ class Master:
             request,
             target,
             '/strata.v1.Master/Heartbeat',
-            proto_dot_strata__pb2.RegionHeartbeat.SerializeToString,
-            proto_dot_strata__pb2.HeartbeatReply.FromString,
+            strata_dot_proto_dot_strata__pb2.RegionHeartbeat.SerializeToString,
+            strata_dot_proto_dot_strata__pb2.HeartbeatReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -186,8 +186,8 @@ class Master:
             request,
             target,
             '/strata.v1.Master/Report',
-            proto_dot_strata__pb2.ReportRequest.SerializeToString,
-            proto_dot_strata__pb2.ReportReply.FromString,
+            strata_dot_proto_dot_strata__pb2.ReportRequest.SerializeToString,
+            strata_dot_proto_dot_strata__pb2.ReportReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -213,8 +213,8 @@ class Master:
             request,
             target,
             '/strata.v1.Master/HandBack',
-            proto_dot_strata__pb2.HandBackRequest.SerializeToString,
-            proto_dot_strata__pb2.HandBackReply.FromString,
+            strata_dot_proto_dot_strata__pb2.HandBackRequest.SerializeToString,
+            strata_dot_proto_dot_strata__pb2.HandBackReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -237,18 +237,18 @@ class RegionStub:
         """
         self.Delegate = channel.unary_unary(
                 '/strata.v1.Region/Delegate',
-                request_serializer=proto_dot_strata__pb2.DelegateRequest.SerializeToString,
-                response_deserializer=proto_dot_strata__pb2.DelegateReply.FromString,
+                request_serializer=strata_dot_proto_dot_strata__pb2.DelegateRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata__pb2.DelegateReply.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/strata.v1.Region/Cancel',
-                request_serializer=proto_dot_strata__pb2.CancelRequest.SerializeToString,
-                response_deserializer=proto_dot_strata__pb2.CancelReply.FromString,
+                request_serializer=strata_dot_proto_dot_strata__pb2.CancelRequest.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata__pb2.CancelReply.FromString,
                 _registered_method=True)
         self.Connect = channel.stream_stream(
                 '/strata.v1.Region/Connect',
-                request_serializer=proto_dot_strata__pb2.WorkerMessage.SerializeToString,
-                response_deserializer=proto_dot_strata__pb2.RegionMessage.FromString,
+                request_serializer=strata_dot_proto_dot_strata__pb2.WorkerMessage.SerializeToString,
+                response_deserializer=strata_dot_proto_dot_strata__pb2.RegionMessage.FromString,
                 _registered_method=True)
 
 
@@ -278,18 +278,18 @@ def add_RegionServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Delegate': grpc.unary_unary_rpc_method_handler(
                     servicer.Delegate,
-                    request_deserializer=proto_dot_strata__pb2.DelegateRequest.FromString,
-                    response_serializer=proto_dot_strata__pb2.DelegateReply.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata__pb2.DelegateRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata__pb2.DelegateReply.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
-                    request_deserializer=proto_dot_strata__pb2.CancelRequest.FromString,
-                    response_serializer=proto_dot_strata__pb2.CancelReply.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata__pb2.CancelRequest.FromString,
+                    response_serializer=strata_dot_proto_dot_strata__pb2.CancelReply.SerializeToString,
             ),
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
-                    request_deserializer=proto_dot_strata__pb2.WorkerMessage.FromString,
-                    response_serializer=proto_dot_strata__pb2.RegionMessage.SerializeToString,
+                    request_deserializer=strata_dot_proto_dot_strata__pb2.WorkerMessage.FromString,
+                    response_serializer=strata_dot_proto_dot_strata__pb2.RegionMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,8 +317,8 @@ class Region:
             request,
             target,
             '/strata.v1.Region/Delegate',
-            proto_dot_strata__pb2.DelegateRequest.SerializeToString,
-            proto_dot_strata__pb2.DelegateReply.FromString,
+            strata_dot_proto_dot_strata__pb2.DelegateRequest.SerializeToString,
+            strata_dot_proto_dot_strata__pb2.DelegateReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -344,8 +344,8 @@ class Region:
             request,
             target,
             '/strata.v1.Region/Cancel',
-            proto_dot_strata__pb2.CancelRequest.SerializeToString,
-            proto_dot_strata__pb2.CancelReply.FromString,
+            strata_dot_proto_dot_strata__pb2.CancelRequest.SerializeToString,
+            strata_dot_proto_dot_strata__pb2.CancelReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -371,8 +371,8 @@ class Region:
             request_iterator,
             target,
             '/strata.v1.Region/Connect',
-            proto_dot_strata__pb2.WorkerMessage.SerializeToString,
-            proto_dot_strata__pb2.RegionMessage.FromString,
+            strata_dot_proto_dot_strata__pb2.WorkerMessage.SerializeToString,
+            strata_dot_proto_dot_strata__pb2.RegionMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from common import channels
-from common.settings import RegionalSettings
-from common.supervise import TaskSet, first_of, stop_on_signals
-from proto import strata_pb2_grpc as rpc
-from regional.coordinator import Coordinator
-from regional.link import MasterLink
-from regional.service import RegionService
+from strata.common import channels
+from strata.common.settings import RegionalSettings
+from strata.common.supervise import TaskSet, first_of, stop_on_signals
+from strata.proto import strata_pb2_grpc as rpc
+from strata.regional.coordinator import Coordinator
+from strata.regional.link import MasterLink
+from strata.regional.service import RegionService
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from proto import strata_pb2 as pb
+from strata.proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
 

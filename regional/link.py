@@ -10,14 +10,14 @@ import time
 
 import grpc
 
-from common import channels
-from common.batching import Batcher
-from common.breaker import CircuitBreaker, RetryPolicy
-from common.errors import CircuitOpen
-from common.settings import RegionalSettings
-from proto import strata_pb2 as pb
-from proto import strata_pb2_grpc as rpc
-from regional.coordinator import Coordinator
+from strata.common import channels
+from strata.common.batching import Batcher
+from strata.common.breaker import CircuitBreaker, RetryPolicy
+from strata.common.errors import CircuitOpen
+from strata.common.settings import RegionalSettings
+from strata.proto import strata_pb2 as pb
+from strata.proto import strata_pb2_grpc as rpc
+from strata.regional.coordinator import Coordinator
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 
-from proto import strata_pb2 as pb
-from regional.coordinator import Coordinator, WorkerConn, ref_of
-from regional.link import MasterLink
+from strata.proto import strata_pb2 as pb
+from strata.regional.coordinator import Coordinator, WorkerConn, ref_of
+from strata.regional.link import MasterLink
 
 logger = logging.getLogger(__name__)
 

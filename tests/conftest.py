@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from master.db import Database
-from topologies.postgres import EmbeddedPostgres, free_port, with_database
+from strata.local.postgres import EmbeddedPostgres, free_port, with_database
+from strata.master.db import Database
 
 TEMPLATE_DB = "strata_template"
 

@@ -3,20 +3,24 @@ both ``strata up`` (local processes) and ``strata compose`` (a compose file)."""
 
 from __future__ import annotations
 
+import json
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.errors import ConfigError
-from common.models import REGION_NAME_PATTERN
-from common.settings import MasterSettings, RegionalSettings, WorkerSettings
+from strata.common.errors import ConfigError
+from strata.common.models import REGION_NAME_PATTERN
+from strata.common.settings import MasterSettings, RegionalSettings, WorkerSettings
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent
 DEFAULT_TOPOLOGY = TOPOLOGY_DIR / "local.toml"
 
-Scalar = str | int | float | bool
+# A setting's value; a list (python_modules) reaches its process as JSON, as pydantic-settings
+# reads it.
+Scalar = str | int | float | bool | list[str]
 
 
 # A region's settings reach its coordinator and its workers; the topology's reach everyone.
@@ -122,6 +126,13 @@ def load(path: Path | str) -> Topology:
     return parse(text, str(path))
 
 
-def env_for(settings: dict[str, Scalar]) -> dict[str, str]:
-    return {f"STRATA_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
-            for k, v in settings.items()}
+def _env_value(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return json.dumps(value)
+    return str(value)
+
+
+def env_for(settings: Mapping[str, Scalar]) -> dict[str, str]:
+    return {f"STRATA_{k.upper()}": _env_value(v) for k, v in settings.items()}

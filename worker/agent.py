@@ -15,14 +15,14 @@ from typing import Any
 
 import grpc
 
-from common import channels
-from common.batching import Batcher
-from common.breaker import CircuitBreaker, RetryPolicy
-from common.errors import CircuitOpen, StrataError, Unavailable
-from common.settings import WorkerSettings
-from proto import strata_pb2 as pb
-from proto import strata_pb2_grpc as rpc
-from worker.runner import Runner
+from strata.common import channels
+from strata.common.batching import Batcher
+from strata.common.breaker import CircuitBreaker, RetryPolicy
+from strata.common.errors import CircuitOpen, StrataError, Unavailable
+from strata.common.settings import WorkerSettings
+from strata.proto import strata_pb2 as pb
+from strata.proto import strata_pb2_grpc as rpc
+from strata.worker.runner import Runner
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ import uuid
 
 from aiohttp import web
 
-from common.settings import WorkerSettings
-from common.supervise import TaskSet, first_of, stop_on_signals
-from worker.agent import Agent
-from worker.health import health_app
-from worker.runner import Runner
+from strata.common.settings import WorkerSettings
+from strata.common.supervise import TaskSet, first_of, stop_on_signals
+from strata.worker.agent import Agent
+from strata.worker.health import health_app
+from strata.worker.runner import Runner
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from worker.agent import Agent
+from strata.worker.agent import Agent
 
 
 def health_app(agent: Agent, region: str) -> web.Application:

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from common.kinds import (
+from strata.common.kinds import (
     HttpPayload,
     NoopPayload,
     Payload,

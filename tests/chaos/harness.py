@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from strata.local.cluster import Cluster
+from strata.local.postgres import free_port
 from tests.chaos.links import Link, LinkGroup, ToxiproxyServer
-from tests.e2e.cluster import Cluster
-from topologies.postgres import free_port
 
 
 def _with_address(url: str, address: str) -> str:

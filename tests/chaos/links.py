@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import toxiproxy
 
-from topologies.postgres import free_port
+from strata.local.postgres import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY = "toxiproxy-server"

@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common.client import TERMINAL, Client
-from common.errors import StrataError
+from strata.common.client import TERMINAL, Client
+from strata.common.errors import StrataError
 
 TICK_S = 0.1
 PAGE = 1000

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from strata.local.cluster import wait_until
 from tests.chaos.harness import ChaosCluster
 from tests.chaos.load import Load, Summary
-from tests.e2e.cluster import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 

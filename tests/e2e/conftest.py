@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import Cluster
+from strata.local.cluster import Cluster
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.cluster import Cluster
+from strata.local.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.e2e.cluster import Cluster, wait_until
+from strata.local.cluster import Cluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -168,7 +168,7 @@ async def test_pinned_tasks_run_in_their_region(cluster: Cluster) -> None:
 
 
 async def _state_is(c: object, task_id: str, state: str) -> bool:
-    from common.client import Client
+    from strata.common.client import Client
 
     assert isinstance(c, Client)
     return bool((await c.get(task_id))["state"] == state)

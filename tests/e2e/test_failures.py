@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from common.client import Client
-from tests.e2e.cluster import Cluster, wait_until
-from topologies.postgres import EmbeddedPostgres, free_port
+from strata.common.client import Client
+from strata.local.cluster import Cluster, wait_until
+from strata.local.postgres import EmbeddedPostgres, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -21,12 +21,12 @@ from typing import Any
 import psutil
 import pytest
 
-from common.client import Client
-from tests.e2e.cluster import wait_until
+from strata.common.client import Client
+from strata.local import supervisor
+from strata.local.cluster import wait_until
+from strata.local.postgres import free_port
+from strata.topologies.topology import TOPOLOGY_DIR, Topology, load
 from tests.e2e.up_process import UpProcess
-from topologies import supervisor
-from topologies.postgres import free_port
-from topologies.topology import TOPOLOGY_DIR, Topology, load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from strata.local.postgres import free_port
 from tests.e2e.up_process import UpProcess
-from topologies.postgres import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -46,7 +46,7 @@ concurrency = 2
 
 def _cli(env: dict[str, str], *args: str) -> list[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "topologies.cli", *args], env=env, capture_output=True,
+        [sys.executable, "-m", "strata", *args], env=env, capture_output=True,
         text=True, timeout=60, check=False,
     )
     assert out.returncode == 0, out.stderr

@@ -22,7 +22,7 @@ Match = str | Callable[[str], bool]
 class UpProcess:
     def __init__(self, topology: Path, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "topologies.cli", "up", str(topology)], env=env,
+            [sys.executable, "-m", "strata", "up", str(topology)], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         self._lines: list[str] = []

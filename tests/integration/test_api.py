@@ -17,12 +17,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from common.models import MAX_BATCH
-from common.settings import MasterSettings
-from master.api import MAX_BODY, Api
-from master.control import Control
-from master.db import Database, Finished, Started
-from master.regions import RegionClients
+from strata.common.models import MAX_BATCH
+from strata.common.settings import MasterSettings
+from strata.master.api import MAX_BODY, Api
+from strata.master.control import Control
+from strata.master.db import Database, Finished, Started
+from strata.master.regions import RegionClients
 
 pytestmark = pytest.mark.integration
 

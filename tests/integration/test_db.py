@@ -14,16 +14,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from common.models import NewTask, TaskState, parse_batch, parse_new_task
-from master.db import Claimed, Database, Finished, Q, RegionRoom, Started
-from topologies.postgres import EmbeddedPostgres
+from strata.common.models import NewTask, TaskState, parse_batch, parse_new_task
+from strata.local.postgres import EmbeddedPostgres
+from strata.master.db import Claimed, Database, Finished, Q, RegionRoom, Started
 
 pytestmark = pytest.mark.integration
 
 # Read here rather than through master.db, so the test does not share its loader.
 MIGRATIONS = sorted(
     (int(m.group(1)), entry.name)
-    for entry in resources.files("sql").joinpath("migrations").iterdir()
+    for entry in resources.files("strata.sql").joinpath("migrations").iterdir()
     if (m := re.match(r"^(\d+)_.*\.sql$", entry.name))
 )
 
@@ -830,8 +830,8 @@ async def test_reconcile_reclaims_only_old_attempts_the_region_does_not_hold(
 ) -> None:
     from datetime import timedelta
 
-    from common.models import parse_new_task
-    from common.timeutil import utcnow
+    from strata.common.models import parse_new_task
+    from strata.common.timeutil import utcnow
 
     tasks = [parse_new_task({"kind": "noop"}) for _ in range(3)]
     await db.insert_tasks(tasks)

@@ -10,9 +10,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from common.models import NewTask
-from master.db import Database
-from topologies.postgres import EmbeddedPostgres, free_port
+from strata.common.models import NewTask
+from strata.local.postgres import EmbeddedPostgres, free_port
+from strata.master.db import Database
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from common.batching import Batcher
+from strata.common.batching import Batcher
 
 
 @dataclass

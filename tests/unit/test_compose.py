@@ -22,12 +22,12 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from common.errors import ConfigError
-from common.settings import MasterSettings, RegionalSettings, WorkerSettings
-from topologies import cli
-from topologies.compose import LINKS_VIA, render
-from topologies.topology import TOPOLOGY_DIR, Topology, load, parse
-from topologies.yamlout import dump
+from strata import cli
+from strata.common.errors import ConfigError
+from strata.common.settings import MasterSettings, RegionalSettings, WorkerSettings
+from strata.deploy.compose import LINKS_VIA, render
+from strata.deploy.yamlout import dump
+from strata.topologies.topology import TOPOLOGY_DIR, Topology, load, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.regions.yml"
@@ -364,22 +364,12 @@ def test_dockerignore_keeps_what_pip_install_needs_and_drops_the_rest() -> None:
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = [*project["tool"]["setuptools"]["packages"], "pyproject.toml",
+    needed = [*project["tool"]["setuptools"]["package-dir"].values(), "pyproject.toml",
               project["project"]["readme"]]
     for path in needed:
         assert not _ignored(path, patterns), f".dockerignore drops {path}"
     for path in (".git", "tests", "common/__pycache__", ".strata", ".env"):
         assert _ignored(path, patterns), f".dockerignore keeps {path}"
-
-
-def test_the_wheel_carries_every_sql_file() -> None:
-    """The image runs a non-editable install: migrations must be package data."""
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    globs = data["package-data"]
-    for path in (ROOT / "sql").rglob("*.sql"):
-        rel = path.relative_to(ROOT / "sql").as_posix()
-        assert any(fnmatch.fnmatch(rel, g) for g in globs.get("sql", []) + globs.get("*", [])
-                   if "/" in g or "/" not in rel), f"sql/{rel} is not package data"
 
 
 # ---- the YAML writer ---------------------------------------------------------------------

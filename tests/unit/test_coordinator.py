@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from proto import strata_pb2 as pb
-from regional.coordinator import Coordinator, Ref, WorkerConn, ref_of
+from strata.proto import strata_pb2 as pb
+from strata.regional.coordinator import Coordinator, Ref, WorkerConn, ref_of
 
 
 def spec(n: int, attempt: int = 1) -> pb.TaskSpec:
@@ -455,7 +455,7 @@ def test_a_disconnected_worker_that_stays_silent_is_evicted_and_its_tasks_requeu
 
 
 def test_a_replayed_result_is_recognised_and_memory_stays_bounded(monkeypatch):
-    import regional.coordinator as coordinator_module
+    import strata.regional.coordinator as coordinator_module
 
     monkeypatch.setattr(coordinator_module, "REMEMBERED_RESULTS", 3)
     region = make_region()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from master.service import split_events
-from proto import strata_pb2 as pb
+from strata.master.service import split_events
+from strata.proto import strata_pb2 as pb
 
 T0 = 1_900_000_000.0  # 2030-03-17, unix seconds
 

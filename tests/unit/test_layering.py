@@ -1,4 +1,7 @@
-"""The three tiers never import each other; common and proto stay below them."""
+"""The three tiers never import each other; common and proto stay below them.
+
+Every module of ours is imported as ``strata.<package>...``; the scan reads the package
+from the second part of the name."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = frozenset({"proto", "common", "sql", "master", "regional", "worker", "topologies"})
+OURS = frozenset({"proto", "common", "sql", "master", "regional", "worker", "topologies",
+                  "local", "deploy", "examples", "cli", "strata"})
 
 # What each package may import of ours, besides itself (DESIGN.md, "Layout").
 ALLOWED: dict[str, frozenset[str]] = {
@@ -24,16 +28,29 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 
+def _ours(name: str) -> str | None:
+    """``strata.master.db`` -> ``master``; a bare ``master`` (the old layout) counts too."""
+    parts = name.split(".")
+    if parts[0] == "strata":
+        return parts[1] if len(parts) > 1 else "strata"
+    return parts[0]
+
+
 def imported_packages(source: str, package: str) -> set[tuple[str, int]]:
-    """Our top-level packages that a module of ``package`` imports, anywhere in its body
+    """Our packages that a module of ``package`` imports, anywhere in its body
     (function-level imports included), each with the line of the import."""
     found: set[tuple[str, int]] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            tops = [alias.name.split(".")[0] for alias in node.names]
+            tops = [_ours(alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            # A relative import cannot climb above its own top-level package.
-            tops = [package if node.level else (node.module or "").split(".")[0]]
+            if node.level:
+                # A relative import cannot climb above its own package.
+                tops = [package]
+            elif node.module == "strata":
+                tops = [alias.name for alias in node.names]
+            else:
+                tops = [_ours(node.module or "")]
         else:
             continue
         found.update((top, node.lineno) for top in tops if top in OURS)
@@ -61,15 +78,17 @@ def test_package_imports_only_what_the_layout_allows(package: str):
 def test_the_scan_finds_every_form_of_import():
     source = (
         "import os\n"
-        "import master.db\n"
-        "from regional import coordinator\n"
+        "import strata.master.db\n"
+        "from strata.regional import coordinator\n"
         "from . import sibling\n"
         "def late():\n"
-        "    from worker.runner import Runner\n"
-        "    import topologies as t\n"
+        "    from strata.worker.runner import Runner\n"
+        "    import strata.topologies as t\n"
+        "    from strata import local\n"
     )
     assert imported_packages(source, "common") == {
-        ("master", 2), ("regional", 3), ("common", 4), ("worker", 6), ("topologies", 7)}
+        ("master", 2), ("regional", 3), ("common", 4), ("worker", 6), ("topologies", 7),
+        ("local", 8)}
 
 
 def test_import_linter_contracts_are_kept():

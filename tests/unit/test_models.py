@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from common.errors import InvalidInput
-from common.models import (
+from strata.common.errors import InvalidInput
+from strata.common.models import (
     DEFAULT_TIMEOUT_S,
     MAX_BATCH,
     Task,

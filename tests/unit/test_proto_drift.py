@@ -6,16 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from proto.generate import ROOT, generate
-
-STUBS = ("strata_pb2.py", "strata_pb2.pyi", "strata_pb2_grpc.py")
+from strata.proto.generate import HERE, STUBS, generate
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stubs")
     generate(out)
-    return out / "proto"
+    return out
 
 
 def test_generator_writes_exactly_the_stubs(generated: Path):
@@ -24,9 +22,9 @@ def test_generator_writes_exactly_the_stubs(generated: Path):
 
 @pytest.mark.parametrize("name", STUBS)
 def test_committed_stub_matches_the_proto(generated: Path, name: str):
-    committed = (ROOT / "proto" / name).read_bytes()
+    committed = (HERE / name).read_bytes()
     fresh = (generated / name).read_bytes()
     assert committed == fresh, (
         f"proto/{name} is out of date with proto/strata.proto; "
-        "run `python -m proto.generate` and commit the result"
+        "run `python -m strata.proto.generate` and commit the result"
     )

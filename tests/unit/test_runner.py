@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import handlers_for_runner
 import pytest
 from aiohttp import web
 
-from worker.runner import Outcome, Runner
+from strata.worker.runner import Outcome, Runner
+from tests.unit import handlers_for_runner
 
 HANDLERS = handlers_for_runner.__name__
 LIMIT = 1000
@@ -147,7 +147,7 @@ async def test_shell_timeout_kills_the_process_group(
 ) -> None:
     pid_file = tmp_path / "child.pid"
     command = f"sleep 30 & echo $! > {pid_file}; sleep 30"
-    with caplog.at_level(logging.INFO, logger="worker.runner"):
+    with caplog.at_level(logging.INFO, logger="strata.worker.runner"):
         outcome = await runner.run("shell", shell(command), 0.5)
     assert outcome == Outcome(ok=False, exit_code=None, output="", error="timed out after 0.5s")
     assert [getattr(r, "action", None) for r in caplog.records] == ["task_timed_out"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from common.settings import (
+from strata.common.settings import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_REGION_DEAD_AFTER,
     DEFAULT_WORKER_DEAD_AFTER,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConfigError
-from topologies.topology import DEFAULT_TOPOLOGY, TOPOLOGY_DIR, env_for, load, parse
+from strata.common.errors import ConfigError
+from strata.topologies.topology import DEFAULT_TOPOLOGY, TOPOLOGY_DIR, env_for, load, parse
 
 REGION = """
 [[regions]]

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from common import logs
-from common.errors import StrataError
-from common.settings import MasterSettings, RegionalSettings, UpSettings, WorkerSettings
+from strata.common import logs
+from strata.common.errors import StrataError
+from strata.common.settings import MasterSettings, RegionalSettings, UpSettings, WorkerSettings
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def _api(args: argparse.Namespace) -> str:
 
 
 async def _submit(args: argparse.Namespace) -> int:
-    from common.client import Client
+    from strata.common.client import Client
 
     body: dict[str, Any] = {"kind": "shell", "command": args.shell_command}
     if args.at:
@@ -96,7 +96,7 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    from common.client import Client
+    from strata.common.client import Client
 
     async with Client(_api(args)) as client:
         print(json.dumps(await client.get(args.task_id), indent=2))
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "master":
-        from master import app as master_app
+        from strata.master import app as master_app
 
         ms = MasterSettings(**_given(args, "http_port", "http_host", "grpc_port", "grpc_host",
                                      "database_url"))
@@ -125,7 +125,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(master_app.serve(ms))
         return 0
     if args.command == "regional":
-        from regional import app as regional_app
+        from strata.regional import app as regional_app
 
         rs = RegionalSettings(**_given(args, "name", "master", "grpc_port", "grpc_host",
                                        "advertise"))
@@ -133,7 +133,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(regional_app.serve(rs))
         return 0
     if args.command == "worker":
-        from worker import app as worker_app
+        from strata.worker import app as worker_app
 
         ws = WorkerSettings(**_given(args, "region", "concurrency", "http_port", "http_host",
                                      "id", "python_modules"))
@@ -141,7 +141,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(worker_app.serve(ws))
         return 0
     if args.command == "migrate":
-        from master import app as master_app
+        from strata.master import app as master_app
 
         ms = MasterSettings(**_given(args, "database_url"))
         logs.configure(ms.log_level)
@@ -149,17 +149,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
         return 0
     if args.command == "up":
-        from topologies import up
-        from topologies.topology import DEFAULT_TOPOLOGY, load
+        from strata.local import up
+        from strata.topologies.topology import DEFAULT_TOPOLOGY, load
 
         topology = load(args.topology or DEFAULT_TOPOLOGY)
         us = UpSettings()
         logs.configure(us.log_level)
         return asyncio.run(up.run(topology, us))
     if args.command == "compose":
-        from common.errors import ConfigError
-        from topologies.compose import render
-        from topologies.topology import load
+        from strata.common.errors import ConfigError
+        from strata.deploy.compose import render
+        from strata.topologies.topology import load
 
         topology = load(args.topology)
         try:

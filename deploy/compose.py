@@ -16,10 +16,10 @@ from typing import Any
 
 from pydantic_settings import BaseSettings
 
-from common.errors import ConfigError
-from common.settings import MasterSettings, RegionalSettings, WorkerSettings
-from topologies.topology import RegionSpec, Scalar, Topology, env_for
-from topologies.yamlout import Node, dump
+from strata.common.errors import ConfigError
+from strata.common.settings import MasterSettings, RegionalSettings, WorkerSettings
+from strata.deploy.yamlout import Node, dump
+from strata.topologies.topology import RegionSpec, Scalar, Topology, env_for
 
 POSTGRES_IMAGE = "postgres:16"
 TOXIPROXY_IMAGE = "ghcr.io/shopify/toxiproxy:2.12.0"

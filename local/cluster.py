@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.client import Client
-from topologies.postgres import free_port
+from strata.common.client import Client
+from strata.local.postgres import free_port
 
 FAST_TIMINGS = {
     "STRATA_HEARTBEAT_INTERVAL": "0.2",
@@ -65,7 +65,7 @@ class Cluster:
                "STRATA_DATABASE_URL": self.database_url, "PYTHONUNBUFFERED": "1"}
         log = (self.workdir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "topologies.cli", *args], env=env,
+            [sys.executable, "-m", "strata", *args], env=env, cwd=self.workdir,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlsplit, urlunsplit
 
-from common.errors import StrataError
+from strata.common.errors import StrataError
 
 logger = logging.getLogger(__name__)
 

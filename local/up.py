@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from common.client import Client
-from common.errors import StrataError
-from common.settings import UpSettings
-from topologies.supervisor import Proc, Supervisor, child_env
-from topologies.topology import Topology, env_for
+from strata.common.client import Client
+from strata.common.errors import StrataError
+from strata.common.settings import UpSettings
+from strata.local.supervisor import Proc, Supervisor, child_env
+from strata.topologies.topology import Topology, env_for
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ EMBEDDED_DATABASE = "strata"
 def plan(topology: Topology, database_url: str) -> list[Proc]:
     """The processes of a topology, with their command lines and environments."""
     base = {"STRATA_DATABASE_URL": database_url, **env_for(topology.settings)}
-    cli = [sys.executable, "-m", "topologies.cli"]
+    cli = [sys.executable, "-m", "strata"]
     master_addr = f"127.0.0.1:{topology.master.grpc_port}"
     procs = [
         Proc(
@@ -80,7 +80,7 @@ async def ensure_database(server_url: str, name: str) -> None:
 
 
 async def run(topology: Topology, settings: UpSettings) -> int:
-    from topologies.postgres import EmbeddedPostgres
+    from strata.local.postgres import EmbeddedPostgres
 
     embedded: EmbeddedPostgres | None = None
     database_url = settings.database_url

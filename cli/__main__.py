@@ -1,0 +1,5 @@
+"""``python -m strata``: the ``strata`` command."""
+
+from strata.cli import main
+
+main()
