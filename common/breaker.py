@@ -144,7 +144,7 @@ class CircuitBreaker:
             retry=retry_if_exception(self._is_transient),
             stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.deadline_s),
             wait=wait_exponential_jitter(
-                initial=policy.initial_s, max=policy.max_wait_s, jitter=policy.jitter_s
+                multiplier=policy.initial_s, max=policy.max_wait_s, jitter=policy.jitter_s
             ),
             reraise=True,
         )
