@@ -99,6 +99,7 @@ class NewTask(BaseModel):
     region: str | None
     max_attempts: int
     timeout_s: float
+    retry_of: uuid.UUID | None = None
 
 
 def _error_text(exc: ValidationError) -> str:
@@ -157,11 +158,17 @@ def parse_batch(body: Any) -> list[NewTask]:
 
 
 class TaskResult(BaseModel):
+    """What the last attempt left: ``output`` is its stdout and ``stderr`` its stderr,
+    each cut to its tail (the ``*_truncated`` flags say so) by the worker."""
+
     model_config = ConfigDict(frozen=True)
 
     exit_code: int | None = None
     output: str | None = None
+    stderr: str | None = None
     error: str | None = None
+    output_truncated: bool = False
+    stderr_truncated: bool = False
 
 
 class Task(BaseModel):
@@ -186,6 +193,18 @@ class Task(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     result: TaskResult
+    retry_of: uuid.UUID | None = None
+
+    @classmethod
+    def created(cls, new: NewTask, created_at: datetime) -> Task:
+        """The row ``new`` became, from the one value the database chose."""
+        return cls(
+            id=new.id, kind=new.kind, payload=new.payload, state=TaskState.PENDING,
+            priority=new.priority, run_at=new.run_at, region=new.region,
+            assigned_region=None, worker_id=None, attempt=0, max_attempts=new.max_attempts,
+            timeout_s=new.timeout_s, created_at=created_at, picked_at=None, started_at=None,
+            finished_at=None, result=TaskResult(), retry_of=new.retry_of,
+        )
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Task:
@@ -210,8 +229,11 @@ class Task(BaseModel):
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             result=TaskResult(
-                exit_code=row["exit_code"], output=row["output"], error=row["error"]
+                exit_code=row["exit_code"], output=row["output"], stderr=row["stderr"],
+                error=row["error"], output_truncated=row["output_truncated"],
+                stderr_truncated=row["stderr_truncated"],
             ),
+            retry_of=row["retry_of"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -234,4 +256,5 @@ class Task(BaseModel):
             "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at),
             "result": self.result.model_dump(),
+            "retry_of": str(self.retry_of) if self.retry_of else None,
         }

@@ -56,6 +56,8 @@ class MasterSettings(_Base):
     db_pool_size: int = Field(default=8, ge=2, le=100)
     # A statement that takes longer fails the request with 503 instead of hanging it.
     db_command_timeout: Seconds = timedelta(seconds=5)
+    # The scanner's LISTEN connection must echo a NOTIFY this often, or it is replaced.
+    listen_probe_interval: Seconds = timedelta(seconds=5)
     breaker_failures: int = Field(default=3, ge=1)
     breaker_reset: Seconds = timedelta(seconds=2)
     retry_backoff_base: Seconds = timedelta(seconds=1)

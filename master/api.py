@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from strata.common.errors import (
     Conflict,
@@ -20,6 +21,7 @@ from strata.common.errors import (
     StrataError,
     Unavailable,
 )
+from strata.common.kinds import KINDS
 from strata.common.models import TaskState, parse_batch, parse_new_task
 from strata.common.timeutil import as_utc, rfc3339, utcnow
 from strata.master.control import Control
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+LIST_PARAMETERS = ("state", "region", "kind", "order", "limit", "cursor")
 
 _STATUS = {
     InvalidInput: 400,
@@ -61,7 +64,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        return _error(exc.status, code, exc.text or exc.reason)
+        # A 405 says which methods the path takes.
+        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return _error(exc.status, code, exc.text or exc.reason, **kept)
     except Exception:
         logger.exception(
             "unhandled error on %s %s", request.method, request.path,
@@ -78,6 +83,22 @@ async def _json_body(request: web.Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
+
+
+def _query(request: web.Request, *allowed: str) -> MultiMapping[str]:
+    """The query string, refusing a parameter the endpoint does not know (a typo would
+    otherwise be a silently ignored filter) or one given twice."""
+    query = request.query
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        takes = ", ".join(allowed) if allowed else "none"
+        raise InvalidInput(
+            f"unknown query parameter {', '.join(map(repr, unknown))}; this endpoint takes: "
+            f"{takes}")
+    repeated = sorted(k for k in set(query) if len(query.getall(k)) > 1)
+    if repeated:
+        raise InvalidInput(f"query parameter given more than once: {', '.join(repeated)}")
+    return query
 
 
 def _task_id(text: str) -> uuid.UUID:
@@ -133,8 +154,10 @@ class Api:
         app.router.add_post("/v1/tasks/batch", self.create_batch)
         app.router.add_get("/v1/tasks/{id}", self.get_task)
         app.router.add_post("/v1/tasks/{id}/cancel", self.cancel_task)
+        app.router.add_post("/v1/tasks/{id}/retry", self.retry_task)
         app.router.add_get("/v1/stats", self.stats)
         app.router.add_get("/v1/regions", self.regions)
+        app.router.add_delete("/v1/regions/{name}", self.delete_region)
         app.router.add_get("/v1/workers", self.workers)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -146,21 +169,26 @@ class Api:
     # ---- /v1 ----------------------------------------------------------------
 
     async def create_task(self, request: web.Request) -> web.Response:
+        _query(request)
         task = parse_new_task(await _json_body(request))
         stored = await self._control.create([task])
         return web.json_response(stored[0].to_json(), status=201)
 
     async def create_batch(self, request: web.Request) -> web.Response:
-        tasks = parse_batch(await _json_body(request))
-        await self._control.insert(tasks)
-        return web.json_response({"ids": [str(t.id) for t in tasks]}, status=201)
+        _query(request)
+        created = await self._control.create(parse_batch(await _json_body(request)))
+        return web.json_response({"ids": [str(t.id) for t in created]}, status=201)
 
     async def get_task(self, request: web.Request) -> web.Response:
+        _query(request)
         task = await self._control.get(_task_id(request.match_info["id"]))
-        return web.json_response(task.to_json())
+        body = task.to_json()
+        if task.state is TaskState.PENDING:
+            body["waiting_for"] = await self._control.waiting_for(task)
+        return web.json_response(body)
 
     async def list_tasks(self, request: web.Request) -> web.Response:
-        query = request.query
+        query = _query(request, *LIST_PARAMETERS)
         state = query.get("state") or None
         if state is not None and state not in TaskState.__members__.values():
             raise InvalidInput(
@@ -173,10 +201,18 @@ class Api:
             raise InvalidInput("limit: must be an integer") from None
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE}")
+        kind = query.get("kind") or None
+        if kind is not None and kind not in KINDS:
+            raise InvalidInput(f"kind: unknown kind {kind!r}; expected one of "
+                               + ", ".join(KINDS))
+        order = query.get("order", "asc")
+        if order not in ("asc", "desc"):
+            raise InvalidInput("order: asc (oldest first, the default) or desc (newest first)")
         cursor = query.get("cursor")
         after = _decode_cursor(cursor) if cursor else None
         tasks = await self._control.list_tasks(
-            state=state, region=query.get("region") or None, after=after, limit=limit
+            state=state, region=query.get("region") or None, kind=kind, after=after,
+            limit=limit, newest_first=order == "desc",
         )
         next_cursor = (
             _encode_cursor(tasks[-1].created_at, tasks[-1].id) if len(tasks) == limit else None
@@ -186,28 +222,45 @@ class Api:
         )
 
     async def cancel_task(self, request: web.Request) -> web.Response:
+        _query(request)
         task = await self._control.cancel(_task_id(request.match_info["id"]))
         return web.json_response(task.to_json())
 
+    async def retry_task(self, request: web.Request) -> web.Response:
+        _query(request)
+        task = await self._control.retry(_task_id(request.match_info["id"]))
+        return web.json_response(task.to_json(), status=201)
+
     async def stats(self, request: web.Request) -> web.Response:
+        _query(request)
         return web.json_response(await self._control.stats())
 
     async def regions(self, request: web.Request) -> web.Response:
+        _query(request)
         return web.json_response({"regions": await self._control.regions()})
 
+    async def delete_region(self, request: web.Request) -> web.Response:
+        _query(request)
+        await self._control.delete_region(request.match_info["name"])
+        return web.Response(status=204)
+
     async def workers(self, request: web.Request) -> web.Response:
+        _query(request)
         return web.json_response({"workers": await self._control.workers()})
 
     async def healthz(self, request: web.Request) -> web.Response:
+        _query(request)
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        _query(request)
         await self._control.ping()
         return web.json_response({"status": "ready"})
 
     # ---- TaskMaster-compatible --------------------------------------------------
 
     async def schedule(self, request: web.Request) -> web.Response:
+        _query(request)
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise InvalidInput("body must be a JSON object")
@@ -221,18 +274,18 @@ class Api:
         task = parse_new_task(
             {"kind": "shell", "command": command, "run_at": scheduled_at.isoformat()}
         )
-        await self._control.insert([task])
-        ts = task.run_at.timestamp()
+        (created,) = await self._control.create([task])
+        ts = created.run_at.timestamp()
         return web.json_response(
             {
                 "command": command,
                 "scheduled_at": int(ts) if ts == int(ts) else ts,
-                "task_id": str(task.id),
+                "task_id": str(created.id),
             }
         )
 
     async def status(self, request: web.Request) -> web.Response:
-        text = request.query.get("task_id")
+        text = _query(request, "task_id").get("task_id")
         if not text:
             raise InvalidInput("task_id: required query parameter")
         task = await self._control.get(_task_id(text))

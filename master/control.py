@@ -10,10 +10,10 @@ from typing import Any
 
 import grpc
 
-from strata.common.errors import Conflict, NotFound
+from strata.common.errors import Conflict, InvalidInput, NotFound
 from strata.common.models import NewTask, Task, TaskState
 from strata.common.settings import MasterSettings
-from strata.common.timeutil import from_unix, rfc3339
+from strata.common.timeutil import from_unix, rfc3339, utcnow
 from strata.master.db import Database
 from strata.master.regions import RegionClients
 from strata.proto import strata_pb2 as pb
@@ -29,17 +29,21 @@ class Control:
         self._regions = regions
         self._settings = settings
 
-    async def insert(self, tasks: Sequence[NewTask]) -> None:
-        await self._db.insert_tasks(tasks)
-
     async def create(self, tasks: Sequence[NewTask]) -> list[Task]:
-        await self._db.insert_tasks(tasks)
-        stored = []
-        for t in tasks:
-            task = await self._db.get_task(t.id)
-            assert task is not None, "a task just inserted is there"
-            stored.append(task)
-        return stored
+        """The one way tasks are created (single, batch, /schedule, retry): one INSERT
+        that returns what the database chose, nothing read back. A task pinned to a
+        region nobody has heard of would wait forever: that is refused."""
+        pins = {t.region for t in tasks if t.region is not None}
+        if pins:
+            known = await self._db.region_names(self._settings.region_dead_after)
+            unknown = sorted(pins - known.keys())
+            if unknown:
+                raise InvalidInput(
+                    f"region: no region named {', '.join(map(repr, unknown))}; known regions: "
+                    + (", ".join(sorted(known)) or "none yet")
+                )
+        created_at = await self._db.insert_tasks(tasks)
+        return [Task.created(t, created_at[t.id]) for t in tasks]
 
     async def get(self, task_id: uuid.UUID) -> Task:
         task = await self._db.get_task(task_id)
@@ -47,11 +51,59 @@ class Control:
             raise NotFound(f"no task {task_id}")
         return task
 
+    async def waiting_for(self, task: Task) -> str | None:
+        """Why a pending task has not started yet, in words; None if it is not pending."""
+        if task.state is not TaskState.PENDING:
+            return None
+        now = utcnow()
+        if task.run_at > now:
+            return f"its run_at, {rfc3339(task.run_at)}"
+        if task.region is not None:
+            live = (await self._db.region_names(self._settings.region_dead_after)).get(
+                task.region)
+            if live is None:
+                return f"region {task.region}, which is not registered"
+            if not live:
+                return f"region {task.region}, which is down"
+            return f"a free slot in region {task.region}"
+        return "a free slot in any live region"
+
+    async def retry(self, task_id: uuid.UUID) -> Task:
+        """Run a failed or cancelled task again, as a new task that names it."""
+        old = await self.get(task_id)
+        if old.state not in (TaskState.FAILED, TaskState.CANCELLED):
+            raise Conflict(
+                f"task {task_id} is {old.state.value}: only a failed or cancelled task "
+                "can be retried")
+        new = NewTask(
+            id=uuid.uuid4(), kind=old.kind, payload=old.payload, run_at=utcnow(),
+            priority=old.priority, region=old.region, max_attempts=old.max_attempts,
+            timeout_s=old.timeout_s, retry_of=old.id,
+        )
+        (created,) = await self.create([new])
+        logger.info("task %s retried as %s", old.id, created.id,
+                    extra={"action": "task_retried", "task": str(old.id)})
+        return created
+
+    async def delete_region(self, name: str) -> None:
+        outcome = await self._db.delete_region(name, self._settings.region_dead_after)
+        if outcome is None:
+            raise NotFound(f"no region {name}")
+        if outcome.live:
+            raise Conflict(f"region {name} is up: only a region that is down can be removed")
+        if not outcome.deleted:
+            raise Conflict(
+                f"region {name} still has {outcome.tasks} unfinished tasks pinned or "
+                "assigned to it: cancel them first")
+        logger.info("region %s removed", name,
+                    extra={"action": "region_removed", "region": name})
+
     async def list_tasks(
-        self, *, state: str | None, region: str | None,
-        after: tuple[datetime, uuid.UUID] | None, limit: int,
+        self, *, state: str | None, region: str | None, kind: str | None,
+        after: tuple[datetime, uuid.UUID] | None, limit: int, newest_first: bool,
     ) -> list[Task]:
-        return await self._db.list_tasks(state=state, region=region, after=after, limit=limit)
+        return await self._db.list_tasks(state=state, region=region, kind=kind, after=after,
+                                         limit=limit, newest_first=newest_first)
 
     async def cancel(self, task_id: uuid.UUID) -> Task:
         outcome = await self._db.cancel_task(task_id)
@@ -106,7 +158,7 @@ class Control:
                 "running": r.running,
                 "queued": r.queued,
                 "workers": len(r.workers),
-                "worker_ids": [w["id"] for w in r.workers],
+                "worker_ids": [w.id for w in r.workers],
                 "stale_results": r.stale_results,
                 # This master's breaker on its link to the region.
                 "breaker": self._regions.breaker(r.name).snapshot(),
@@ -120,14 +172,14 @@ class Control:
             for w in r.workers:
                 out.append(
                     {
-                        "id": w["id"],
+                        "id": w.id,
                         "region": r.name,
                         # The region lists only live workers; a silent region's are unknown.
                         "state": "up" if r.live else "unknown",
-                        "capacity": w["capacity"],
-                        "running": w["running"],
-                        "last_heartbeat": rfc3339(from_unix(w["last_heartbeat"])),
-                        "health_address": w.get("health_address") or None,
+                        "capacity": w.capacity,
+                        "running": w.running,
+                        "last_heartbeat": rfc3339(from_unix(w.last_heartbeat)),
+                        "health_address": w.health_address,
                     }
                 )
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -17,7 +18,10 @@ from typing import Any, ParamSpec, TypeVar
 import asyncpg
 
 from strata.common.errors import DatabaseUnavailable
+from strata.common.events import Report, TaskRef
 from strata.common.models import NewTask, Task
+from strata.common.retry import Backoff, keep_trying, of_type
+from strata.common.status import RegionStatus, WorkerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     TimeoutError,
 )
+_PROBE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_CONNECTION_ERRORS)
 
 
 def _load_queries() -> dict[str, str]:
@@ -72,6 +77,10 @@ class Claimed:
     priority: int
     run_at: datetime
 
+    @property
+    def ref(self) -> TaskRef:
+        return TaskRef(str(self.id), self.attempt)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegionRoom:
@@ -92,29 +101,15 @@ class RegionRow:
     max_outstanding: int
     running: int
     queued: int
-    workers: list[dict[str, Any]]
+    workers: list[WorkerInfo]
     stale_results: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Started:
-    id: uuid.UUID
-    attempt: int
-    worker_id: str
-    started_at: datetime
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Finished:
-    id: uuid.UUID
-    attempt: int
-    ok: bool
-    worker_id: str
-    started_at: datetime | None
-    finished_at: datetime
-    exit_code: int | None
-    output: str | None
-    error: str | None
+class RegionDeletion:
+    live: bool
+    tasks: int  # unfinished tasks that name it
+    deleted: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,9 +121,42 @@ class CancelOutcome:
 
 
 async def _keep_session(conn: Any) -> None:
-    """Skip asyncpg's reset query (a round trip on every release): our sessions set no
-    state, and the holders of LISTEN and advisory locks undo them themselves. asyncpg
-    still rolls back any open transaction before this is called."""
+    """Skip asyncpg's reset query (a round trip on every release): pooled sessions set no
+    state. Connections that hold some (LISTEN, advisory locks) never go back to the pool:
+    see ``Database._held_connection``. asyncpg still rolls back any open transaction
+    before this is called."""
+
+
+class Listener:
+    """The scanner's LISTEN connection. ``probe`` proves it still delivers: a NOTIFY sent
+    on a channel of its own must come back in time. A half-open connection (the server
+    or the network gone without a word) fails the probe instead of going quiet."""
+
+    def __init__(self, conn: Any, callback: Callable[[], None]) -> None:
+        self._conn = conn
+        self._callback = callback
+        self._echo = asyncio.Event()
+        self.probe_channel = f"strata_probe_{uuid.uuid4().hex}"
+
+    def on_notify(self, *_: object) -> None:
+        self._callback()
+
+    def on_probe(self, *_: object) -> None:
+        self._echo.set()
+
+    def alive(self) -> bool:
+        return not self._conn.is_closed()
+
+    async def probe(self, timeout_s: float) -> None:
+        self._echo.clear()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._conn.execute("SELECT pg_notify($1, '')", self.probe_channel)
+                await self._echo.wait()
+        except _PROBE_ERRORS as exc:
+            raise DatabaseUnavailable(
+                f"the LISTEN connection did not answer its probe within {timeout_s}s"
+            ) from exc
 
 
 def _wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -196,42 +224,29 @@ class Database:
             await conn.fetchval("SELECT 1")
 
     @asynccontextmanager
-    async def listen(self, callback: Callable[[], None]) -> AsyncIterator[Callable[[], bool]]:
-        """Hold a connection LISTENing on the task channel for as long as the block runs.
-        Yields a check that is False once that connection is lost."""
-
-        def on_notify(*_: object) -> None:
-            callback()
-
+    async def listen(self, callback: Callable[[], None]) -> AsyncIterator[Listener]:
+        """Hold a connection LISTENing on the task channel for as long as the block runs."""
         async with self._held_connection() as conn:
-            try:
-                await conn.add_listener(NOTIFY_CHANNEL, on_notify)
-                yield lambda: not conn.is_closed()
-            finally:
-                if not conn.is_closed():
-                    await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
+            listener = Listener(conn, callback)
+            await conn.add_listener(NOTIFY_CHANNEL, listener.on_notify)
+            await conn.add_listener(listener.probe_channel, listener.on_probe)
+            yield listener
 
     @asynccontextmanager
     async def singleton(self, lock_id: int) -> AsyncIterator[Callable[[], bool] | None]:
         """Try to become the one holder of an advisory lock (a singleton duty among
         masters). Yields None if another holds it, else a check that is False once the
-        connection holding the lock is lost (and with it the lock)."""
+        connection holding the lock is lost (and with it the lock). The lock goes with
+        its connection, which is closed afterwards, never reused."""
         async with self._held_connection() as conn:
-            try:
-                got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id)
-                if not got:
-                    yield None
-                    return
-                try:
-                    yield lambda: not conn.is_closed()
-                finally:
-                    if not conn.is_closed():
-                        await conn.execute("SELECT pg_advisory_unlock($1)", lock_id)
-            except _CONNECTION_ERRORS as exc:
-                raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+            got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id)
+            yield (lambda: not conn.is_closed()) if got else None
 
     @asynccontextmanager
     async def _held_connection(self) -> AsyncIterator[Any]:
+        """A connection taken out of the pool for good: whatever session state it gathers
+        (listeners, advisory locks) must never reach another user of the pool, so it is
+        closed afterwards, which also releases that state on the server."""
         try:
             conn = await self._pool.acquire()
         except _CONNECTION_ERRORS as exc:
@@ -241,14 +256,20 @@ class Database:
         except _CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
         finally:
-            # A broken connection is closed by the pool instead of reused.
+            # Dropped at once, not closed politely: on a half-open link a polite close
+            # would wait for a server that is not listening. The server ends the session
+            # (and its locks) when the socket closes; the pool replaces the connection.
+            with contextlib.suppress(asyncpg.InterfaceError):  # the pool let it go already
+                if not conn.is_closed():
+                    conn.terminate()
             await self._pool.release(conn)
 
     # ---- tasks ------------------------------------------------------------
 
     @_wrap
-    async def insert_tasks(self, tasks: Sequence[NewTask]) -> None:
-        await self._pool.fetchrow(
+    async def insert_tasks(self, tasks: Sequence[NewTask]) -> dict[uuid.UUID, datetime]:
+        """Insert in one statement; returns each task's ``created_at``."""
+        rows = await self._pool.fetch(
             Q["insert_tasks"],
             [t.id for t in tasks],
             [t.kind for t in tasks],
@@ -258,7 +279,9 @@ class Database:
             [t.region for t in tasks],
             [t.max_attempts for t in tasks],
             [t.timeout_s for t in tasks],
+            [t.retry_of for t in tasks],
         )
+        return {r["id"]: r["created_at"] for r in rows}
 
     @_wrap
     async def claim(self, region: str, limit: int) -> list[Claimed]:
@@ -274,6 +297,11 @@ class Database:
         return claimed
 
     @_wrap
+    async def count_due(self, regions: Sequence[str], limit: int) -> int:
+        count: int = await self._pool.fetchval(Q["count_due"], list(regions), limit)
+        return count
+
+    @_wrap
     async def next_due(self) -> datetime | None:
         value: datetime | None = await self._pool.fetchval(Q["next_due"])
         return value
@@ -284,32 +312,34 @@ class Database:
         return [RegionRoom(name=r["name"], address=r["address"], room=r["room"]) for r in rows]
 
     @_wrap
-    async def return_to_pending(self, refs: Sequence[tuple[uuid.UUID, int]]) -> int:
+    async def return_to_pending(self, refs: Sequence[TaskRef]) -> int:
         rows = await self._pool.fetch(
-            Q["return_to_pending"], [r[0] for r in refs], [r[1] for r in refs]
+            Q["return_to_pending"], [r.id for r in refs], [r.attempt for r in refs]
         )
         return len(rows)
 
     @_wrap
-    async def apply_events(
-        self,
-        started: Sequence[Started],
-        finished: Sequence[Finished],
-        *,
-        backoff_base: timedelta,
-        backoff_max: timedelta,
-    ) -> list[tuple[uuid.UUID, int]]:
-        """Write events whose attempt still matches; return the stale ones."""
-        stale: list[tuple[uuid.UUID, int]] = []
+    async def apply_report(
+        self, report: Report, *, backoff_base: timedelta, backoff_max: timedelta
+    ) -> list[TaskRef]:
+        """Apply a region's report in one transaction: attempts handed back, started and
+        finished, each only while its attempt still matches the row. Returns the stale
+        ones (attempts no longer owned), which are counted against the region."""
+        stale: list[TaskRef] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            if started:
+            if returned := report.returned:
+                await conn.execute(
+                    Q["return_to_pending"],
+                    [r.id for r in returned], [r.attempt for r in returned],
+                )
+            if started := report.started:
                 rows = await conn.fetch(
                     Q["mark_started"],
                     [e.id for e in started], [e.attempt for e in started],
                     [e.worker_id for e in started], [e.started_at for e in started],
                 )
-                stale.extend((r["id"], r["attempt"]) for r in rows)
-            if finished:
+                stale.extend(TaskRef(str(r["id"]), r["attempt"]) for r in rows)
+            if finished := report.finished:
                 rows = await conn.fetch(
                     Q["mark_finished"],
                     [e.id for e in finished], [e.attempt for e in finished],
@@ -319,12 +349,10 @@ class Database:
                     [e.error for e in finished],
                     backoff_base.total_seconds(), backoff_max.total_seconds(),
                 )
-                stale.extend((r["id"], r["attempt"]) for r in rows)
+                stale.extend(TaskRef(str(r["id"]), r["attempt"]) for r in rows)
+            if stale:
+                await conn.execute(Q["count_stale"], report.region, len(stale))
         return stale
-
-    @_wrap
-    async def count_stale(self, region: str, n: int) -> None:
-        await self._pool.execute(Q["count_stale"], region, n)
 
     @_wrap
     async def get_task(self, task_id: uuid.UUID) -> Task | None:
@@ -337,12 +365,14 @@ class Database:
         *,
         state: str | None,
         region: str | None,
+        kind: str | None = None,
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
+        newest_first: bool = False,
     ) -> list[Task]:
         rows = await self._pool.fetch(
-            Q["list_tasks"], state, region,
-            after[0] if after else None, after[1] if after else None, limit,
+            Q["list_tasks_newest_first" if newest_first else "list_tasks"], state, region,
+            after[0] if after else None, after[1] if after else None, limit, kind,
         )
         return [Task.from_row(r) for r in rows]
 
@@ -364,23 +394,21 @@ class Database:
     # ---- regions ------------------------------------------------------------
 
     @_wrap
-    async def upsert_region(
-        self, *, name: str, address: str, capacity: int, max_outstanding: int,
-        running: int, queued: int, workers: list[dict[str, Any]],
-    ) -> str | None:
+    async def upsert_region(self, status: RegionStatus) -> str | None:
         """Record a region's heartbeat; returns its previous state (None if new)."""
         previous: str | None = await self._pool.fetchval(
-            Q["upsert_region"], name, address, capacity, max_outstanding, running, queued,
-            json.dumps(workers),
+            Q["upsert_region"], status.name, status.address, status.capacity,
+            status.max_outstanding, status.running, status.queued,
+            json.dumps([w.to_json() for w in status.workers]),
         )
         return previous
 
     @_wrap
     async def reconcile_region(
-        self, region: str, held: Sequence[tuple[uuid.UUID, int]], claimed_before: datetime
+        self, region: str, held: Sequence[TaskRef], claimed_before: datetime
     ) -> int:
         rows = await self._pool.fetch(
-            Q["reconcile_region"], region, [h[0] for h in held], [h[1] for h in held],
+            Q["reconcile_region"], region, [h.id for h in held], [h.attempt for h in held],
             claimed_before,
         )
         return len(rows)
@@ -399,6 +427,20 @@ class Database:
         return counts
 
     @_wrap
+    async def region_names(self, dead_after: timedelta) -> dict[str, bool]:
+        """Every known region's name and whether it is live."""
+        rows = await self._pool.fetch(Q["region_names"], dead_after.total_seconds())
+        return {r["name"]: r["live"] for r in rows}
+
+    @_wrap
+    async def delete_region(self, name: str, dead_after: timedelta) -> RegionDeletion | None:
+        """Delete a region that is down and unused; None if there is no such region."""
+        row = await self._pool.fetchrow(Q["delete_region"], name, dead_after.total_seconds())
+        if row is None:
+            return None
+        return RegionDeletion(live=row["live"], tasks=row["tasks"], deleted=row["deleted"])
+
+    @_wrap
     async def list_regions(self, dead_after: timedelta) -> list[RegionRow]:
         rows = await self._pool.fetch(Q["list_regions"], dead_after.total_seconds())
         return [
@@ -406,7 +448,8 @@ class Database:
                 name=r["name"], address=r["address"], state=r["state"], live=r["live"],
                 registered_at=r["registered_at"], last_heartbeat=r["last_heartbeat"],
                 capacity=r["capacity"], max_outstanding=r["max_outstanding"],
-                running=r["running"], queued=r["queued"], workers=json.loads(r["workers"]),
+                running=r["running"], queued=r["queued"],
+                workers=[WorkerInfo.from_json(w) for w in json.loads(r["workers"])],
                 stale_results=r["stale_results"],
             )
             for r in rows
@@ -415,14 +458,16 @@ class Database:
 
 async def wait_for_database(dsn: str, *, within_s: float = 30.0) -> None:
     """Wait until PostgreSQL accepts connections (used at start-up)."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
+
+    async def connect_once() -> None:
         try:
             conn = await asyncpg.connect(dsn, timeout=5)
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            if asyncio.get_running_loop().time() > deadline:
-                raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
-            await asyncio.sleep(0.2)
-        else:
-            await conn.close()
-            return
+            raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+        await conn.close()
+
+    await keep_trying(
+        "waiting for the database", connect_once,
+        Backoff(initial_s=0.05, max_s=1.0, give_up_after_s=within_s),
+        retry_on=of_type(DatabaseUnavailable), action="database_wait",
+    )

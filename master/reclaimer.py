@@ -9,12 +9,14 @@ import time
 from collections.abc import Callable
 
 from strata.common.errors import DatabaseUnavailable
+from strata.common.retry import Backoff, of_type, retrying
 from strata.common.settings import MasterSettings
 from strata.master.db import RECLAIMER_LOCK_ID, Database
 
 logger = logging.getLogger(__name__)
 
 STANDBY_RETRY_S = 1.0
+DB_BACKOFF = Backoff(initial_s=0.1, max_s=5.0, healthy_after_s=10.0)
 
 
 class Reclaimer:
@@ -32,22 +34,22 @@ class Reclaimer:
         )
 
     async def run(self) -> None:
-        backoff = 0.1
+        async for attempt in retrying(
+            "reclaimer", DB_BACKOFF, retry_on=of_type(DatabaseUnavailable),
+            action="reclaimer_db_lost",
+        ):
+            with attempt:
+                await self._serve()
+
+    async def _serve(self) -> None:
+        """Stand by until this master holds the lock, then do the duty while it does."""
         while True:
-            try:
-                async with self._db.singleton(RECLAIMER_LOCK_ID) as held:
-                    if held is None:
-                        await asyncio.sleep(STANDBY_RETRY_S)
-                        continue
+            async with self._db.singleton(RECLAIMER_LOCK_ID) as held:
+                if held is not None:
                     logger.info("this master now reclaims dead regions' tasks",
                                 extra={"action": "reclaimer_active"})
-                    backoff = 0.1
                     await self._duty(held)
-            except DatabaseUnavailable as exc:
-                logger.warning("reclaimer lost the database: %s", exc,
-                               extra={"action": "reclaimer_db_lost"})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(STANDBY_RETRY_S)
 
     async def _duty(self, held: Callable[[], bool]) -> None:
         # Heartbeats could not be recorded while this master was away from the database

@@ -10,23 +10,23 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
-import uuid
-from collections.abc import Callable
+import math
 
 import grpc
 
 from strata.common.errors import CircuitOpen, DatabaseUnavailable
+from strata.common.events import TaskRef
+from strata.common.retry import Backoff, of_type, retrying
 from strata.common.settings import MasterSettings
 from strata.common.timeutil import to_unix, utcnow
-from strata.master.db import Claimed, Database, RegionRoom
+from strata.master.db import Claimed, Database, Listener, RegionRoom
 from strata.master.regions import RegionClients
 from strata.proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
 DELEGATE_TIMEOUT_S = 2.0
-MAX_DB_BACKOFF_S = 2.0
+DB_BACKOFF = Backoff(initial_s=0.05, max_s=2.0, healthy_after_s=10.0)
 
 
 class Scanner:
@@ -38,6 +38,7 @@ class Scanner:
         # At most one delegation in flight per region, each its own task: a slow or
         # black-holed region delays only its own batch, never the other regions'.
         self._delegating: dict[str, asyncio.Task[int]] = {}
+        self._turn = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -55,31 +56,35 @@ class Scanner:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run(self) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                async with self._db.listen(self.wake) as listening:
-                    if backoff > 0.05:
+        async for attempt in retrying(
+            "scanner", DB_BACKOFF, retry_on=of_type(DatabaseUnavailable),
+            action="scanner_db_lost",
+        ):
+            with attempt:
+                async with self._db.listen(self.wake) as listener:
+                    if attempt.retry_state.attempt_number > 1:
                         logger.info("scanner reconnected to the database",
                                     extra={"action": "scanner_db_restored"})
-                    backoff = 0.05
-                    await self._loop(listening)
-            except DatabaseUnavailable as exc:
-                logger.warning(
-                    "scanner lost the database (%s); retrying in %.2fs", exc, backoff,
-                    extra={"action": "scanner_db_lost"},
-                )
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, MAX_DB_BACKOFF_S)
+                    await self._loop(listener)
 
-    async def _loop(self, listening: Callable[[], bool]) -> None:
-        while listening():
+    async def _loop(self, listener: Listener) -> None:
+        """Scan whenever woken, and at least every scan interval. Every probe interval
+        the LISTEN connection must prove it still delivers, or it is replaced: a silent
+        one would leave only the timer to find new work."""
+        loop = asyncio.get_running_loop()
+        probe_every = self._settings.listen_probe_interval.total_seconds()
+        next_probe = loop.time() + probe_every
+        while listener.alive():
+            if loop.time() >= next_probe:
+                await listener.probe(self._settings.db_command_timeout.total_seconds())
+                next_probe = loop.time() + probe_every
             self._wake.clear()
             sent = await self.scan_once()
             if sent:
                 continue
+            timeout = min(await self._idle_timeout(), max(next_probe - loop.time(), 0.001))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), await self._idle_timeout())
+                await asyncio.wait_for(self._wake.wait(), timeout)
         raise DatabaseUnavailable("the LISTEN connection was lost")
 
     async def _idle_timeout(self) -> float:
@@ -94,15 +99,16 @@ class Scanner:
     async def scan_once(self) -> int:
         """Claim each free region's share and start delivering it; returns how many
         tasks were claimed."""
+        # A region whose breaker is open gets nothing: its share stays pending for the
+        # regions that answer.
+        ready = [
+            r for r in await self._db.region_room(self._settings.region_dead_after)
+            if r.room > 0 and r.name not in self._delegating
+            and self._regions.breaker(r.name).allows_calls
+        ]
         claimed_total = 0
-        for region in await self._db.region_room(self._settings.region_dead_after):
-            # A region whose breaker is open gets nothing: its share stays pending for
-            # the regions that answer.
-            if (region.room <= 0 or region.name in self._delegating
-                    or not self._regions.breaker(region.name).allows_calls):
-                continue
-            claimed = await self._db.claim(
-                region.name, min(region.room, self._settings.claim_batch))
+        for region, quota in (await self._shares(ready)).items():
+            claimed = await self._db.claim(region.name, quota)
             if not claimed:
                 continue
             claimed_total += len(claimed)
@@ -111,6 +117,22 @@ class Scanner:
             self._delegating[region.name] = task
             task.add_done_callback(functools.partial(self._delegated, region.name))
         return claimed_total
+
+    async def _shares(self, ready: list[RegionRoom]) -> dict[RegionRoom, int]:
+        """How many tasks each region claims this scan: in proportion to its room, of
+        what is due, so that a batch smaller than the first region's room is spread over
+        every live region rather than taken by one."""
+        rooms = {r: min(r.room, self._settings.claim_batch) for r in ready}
+        if len(rooms) < 2:
+            return rooms
+        total = sum(rooms.values())
+        due = await self._db.count_due([r.name for r in rooms], total)
+        if due >= total:
+            return rooms
+        # Start at a different region each scan: rounding up favours whoever is first.
+        self._turn = (self._turn + 1) % len(ready)
+        order = ready[self._turn:] + ready[:self._turn]
+        return {r: min(rooms[r], math.ceil(due * rooms[r] / total)) for r in order if due}
 
     def _delegated(self, region: str, task: asyncio.Task[int]) -> None:
         self._delegating.pop(region, None)
@@ -142,7 +164,7 @@ class Scanner:
         except (grpc.aio.AioRpcError, CircuitOpen) as exc:
             # Undeliverable: back to pending at once, for whichever region answers. If the
             # call did arrive after all, the next claim's new attempt fences it off.
-            returned = await self._db.return_to_pending([(c.id, c.attempt) for c in claimed])
+            returned = await self._db.return_to_pending([c.ref for c in claimed])
             reason = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             logger.warning(
                 "delegation of %d tasks to %s failed (%s); %d back to pending",
@@ -151,7 +173,7 @@ class Scanner:
             )
             return 0
         if reply.rejected:
-            refs = [(uuid.UUID(r.task_id), r.attempt) for r in reply.rejected]
+            refs = [TaskRef.parse(r.task_id, r.attempt) for r in reply.rejected]
             await self._db.return_to_pending(refs)
             logger.info(
                 "region %s rejected %d tasks", region.name, len(refs),

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import grpc
 
 from strata.common.errors import InvalidInput, NotFound, StrataError, Unavailable
+from strata.common.events import Finished, Report, Started, TaskRef
 from strata.common.settings import MasterSettings
+from strata.common.status import RegionStatus, WorkerInfo
 from strata.common.timeutil import from_unix, utcnow
-from strata.master.db import Database, Finished, Started
+from strata.master.db import Database
 from strata.proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -51,29 +51,27 @@ def _text(value: str) -> str | None:
     return value.replace("\x00", "\ufffd") or None
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
-    started: list[Started]
-    finished: list[Finished]
-    returned: list[tuple[uuid.UUID, int]]
+def _ref(message: pb.TaskRef | pb.TaskEvent) -> TaskRef:
+    return TaskRef.parse(message.task_id, message.attempt)
 
 
-def split_events(events: list[pb.TaskEvent]) -> Report:
-    """Parse a report at the edge. A task that started and finished within one
-    batch needs only its result: the result carries started_at."""
-    returned: list[tuple[uuid.UUID, int]] = []
-    finished: dict[tuple[str, int], Finished] = {}
-    started: dict[tuple[str, int], Started] = {}
+def split_events(region: str, events: list[pb.TaskEvent]) -> Report:
+    """Parse a report at the edge (a malformed task id is InvalidInput). A task that
+    started and finished within one batch needs only its result: the result carries
+    started_at."""
+    returned: list[TaskRef] = []
+    finished: dict[TaskRef, Finished] = {}
+    started: dict[TaskRef, Started] = {}
     for e in events:
-        key = (e.task_id, e.attempt)
+        ref = _ref(e)
         if e.type == pb.EVENT_TYPE_STARTED:
-            started[key] = Started(
-                id=uuid.UUID(e.task_id), attempt=e.attempt, worker_id=e.worker_id,
+            started[ref] = Started(
+                id=ref.id, attempt=ref.attempt, worker_id=e.worker_id,
                 started_at=from_unix(e.started_at) or utcnow(),
             )
         elif e.type in (pb.EVENT_TYPE_SUCCEEDED, pb.EVENT_TYPE_FAILED):
-            finished[key] = Finished(
-                id=uuid.UUID(e.task_id), attempt=e.attempt,
+            finished[ref] = Finished(
+                id=ref.id, attempt=ref.attempt,
                 ok=e.type == pb.EVENT_TYPE_SUCCEEDED, worker_id=e.worker_id,
                 started_at=from_unix(e.started_at),
                 finished_at=from_unix(e.finished_at) or utcnow(),
@@ -81,10 +79,11 @@ def split_events(events: list[pb.TaskEvent]) -> Report:
                 output=_text(e.output), error=_text(e.error),
             )
         elif e.type == pb.EVENT_TYPE_RETURNED:
-            returned.append((uuid.UUID(e.task_id), e.attempt))
-    done = finished.keys() | {(str(i), a) for i, a in returned}
-    only_started = [s for key, s in started.items() if key not in done]
-    return Report(started=only_started, finished=list(finished.values()), returned=returned)
+            returned.append(ref)
+    done = finished.keys() | set(returned)
+    only_started = [s for ref, s in started.items() if ref not in done]
+    return Report(region=region, started=only_started, finished=list(finished.values()),
+                  returned=returned)
 
 
 class MasterService:
@@ -102,10 +101,7 @@ class MasterService:
     async def Register(
         self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RegisterReply:
-        await self._db.upsert_region(
-            name=request.region, address=request.address, capacity=0, max_outstanding=0,
-            running=0, queued=0, workers=[],
-        )
+        await self._db.upsert_region(RegionStatus(name=request.region, address=request.address))
         logger.info(
             "region %s registered at %s", request.region, request.address,
             extra={"action": "region_registered", "region": request.region},
@@ -119,16 +115,17 @@ class MasterService:
     async def Heartbeat(
         self, request: pb.RegionHeartbeat, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HeartbeatReply:
-        workers = [
-            {"id": w.id, "capacity": w.capacity, "running": w.running,
-             "last_heartbeat": w.last_heartbeat, "health_address": w.health_address}
-            for w in request.workers
-        ]
-        previous = await self._db.upsert_region(
+        previous = await self._db.upsert_region(RegionStatus(
             name=request.region, address=request.address, capacity=request.capacity,
             max_outstanding=request.max_outstanding, running=request.running,
-            queued=request.queued, workers=workers,
-        )
+            queued=request.queued,
+            workers=tuple(
+                WorkerInfo(id=w.id, capacity=w.capacity, running=w.running,
+                           last_heartbeat=w.last_heartbeat,
+                           health_address=w.health_address or None)
+                for w in request.workers
+            ),
+        ))
         if previous == "down":
             logger.warning(
                 "region %s is back; its old attempts were reclaimed", request.region,
@@ -146,7 +143,7 @@ class MasterService:
         # on their way to the region.
         taken = min(from_unix(request.built_at) or utcnow(), utcnow())
         cutoff = taken - self._reconcile_grace
-        held = [(uuid.UUID(r.task_id), r.attempt) for r in request.held]
+        held = [_ref(r) for r in request.held]
         lost = await self._db.reconcile_region(request.region, held, cutoff)
         if lost:
             logger.warning(
@@ -160,33 +157,28 @@ class MasterService:
     async def Report(
         self, request: pb.ReportRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportReply:
-        report = split_events(list(request.events))
-        started, finished = report.started, report.finished
-        if report.returned:
-            await self._db.return_to_pending(report.returned)
-        stale = await self._db.apply_events(
-            started, finished,
-            backoff_base=self._settings.retry_backoff_base,
+        report = split_events(request.region, list(request.events))
+        stale = await self._db.apply_report(
+            report, backoff_base=self._settings.retry_backoff_base,
             backoff_max=self._settings.retry_backoff_max,
         )
         if stale:
-            await self._db.count_stale(request.region, len(stale))
             logger.warning(
                 "dropped %d stale events from %s", len(stale), request.region,
                 extra={"action": "stale_results_dropped", "region": request.region},
             )
-        if finished or report.returned:
+        if report.finished or report.returned:
             self._on_capacity()
         return pb.ReportReply(
-            applied=len(started) + len(finished) - len(stale),
-            stale=[pb.TaskRef(task_id=str(i), attempt=a) for i, a in stale],
+            applied=len(report.started) + len(report.finished) - len(stale),
+            stale=[pb.TaskRef(task_id=r.id, attempt=r.attempt) for r in stale],
         )
 
     @grpc_errors
     async def HandBack(
         self, request: pb.HandBackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HandBackReply:
-        refs = [(uuid.UUID(t.task_id), t.attempt) for t in request.tasks]
+        refs = [_ref(t) for t in request.tasks]
         returned = await self._db.return_to_pending(refs)
         logger.info(
             "region %s handed back %d tasks (%s)", request.region, returned, request.reason,

@@ -1,15 +1,25 @@
-"""The region's composition root: coordinator, master link, gRPC server, liveness."""
+"""The region's composition root: coordinator, master link, gRPC server, liveness.
+
+The coordinator (the region's state) and the link (its calls to the master) do not know
+each other; the loops here carry state up through the link and answers back down."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from itertools import groupby
 
 from strata.common import channels
+from strata.common.batching import Batcher
+from strata.common.events import TaskRef
 from strata.common.settings import RegionalSettings
 from strata.common.supervise import TaskSet, first_of, stop_on_signals
+from strata.proto import strata_pb2 as pb
 from strata.proto import strata_pb2_grpc as rpc
-from strata.regional.coordinator import Coordinator
+from strata.regional.coordinator import Coordinator, to_pb
+from strata.regional.lease import Lease
 from strata.regional.link import MasterLink
 from strata.regional.service import RegionService
 
@@ -17,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 GRPC_GRACE_S = 2.0
 FLUSH_TIMEOUT_S = 5.0
+# Events a region keeps while the master cannot take them; workers wait beyond that.
+EVENT_BUFFER = 100_000
+HAND_BACK_BATCH = 10_000
 
 
 async def _watch_workers(coordinator: Coordinator, settings: RegionalSettings) -> None:
@@ -35,26 +48,120 @@ async def _watch_workers(coordinator: Coordinator, settings: RegionalSettings) -
         coordinator.evict_silent(dead_after)
 
 
+class Uplink:
+    """What flows from the region to the master: heartbeats built from the coordinator,
+    and buffered events and hand-backs. Answers are applied to the coordinator."""
+
+    def __init__(self, settings: RegionalSettings, link: MasterLink,
+                 coordinator: Coordinator, events: Batcher[pb.TaskEvent]) -> None:
+        self._settings = settings
+        self._link = link
+        self._coordinator = coordinator
+        self.events = events
+        self.hand_backs: Batcher[tuple[pb.TaskSpec, str]] = Batcher(
+            self._send_hand_backs, max_size=HAND_BACK_BATCH, limit=EVENT_BUFFER,
+            name="hand_back",
+        )
+        self.interval_s = settings.heartbeat_interval.total_seconds()
+        self._poke = asyncio.Event()
+
+    def poke(self) -> None:
+        """Send a heartbeat now: capacity changed."""
+        self._poke.set()
+
+    def hand_back(self, specs: list[pb.TaskSpec], reason: str) -> None:
+        logger.info(
+            "handing %d tasks back to the master: %s", len(specs), reason,
+            extra={"action": "hand_back", "region": self._settings.name},
+        )
+        for spec in specs:
+            self.hand_backs.put_nowait((spec, reason))
+
+    async def _send_hand_backs(self, items: list[tuple[pb.TaskSpec, str]]) -> None:
+        for reason, group in groupby(items, key=lambda item: item[1]):
+            await self._link.hand_back([spec for spec, _ in group], reason)
+
+    async def report(self, events: list[pb.TaskEvent]) -> None:
+        stale = await self._link.report(events)
+        if stale:
+            # The master no longer owns these attempts: stop whatever still runs them.
+            self._coordinator.cancel(stale)
+
+    async def register(self) -> None:
+        reply = await self._link.register()
+        if reply.heartbeat_interval_s > 0:
+            self.interval_s = reply.heartbeat_interval_s
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            self._poke.clear()
+            await self.heartbeat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.interval_s)
+
+    async def heartbeat(self) -> bool:
+        c = self._coordinator
+        taken = time.monotonic()
+        held_now = c.held()
+        held = held_now | {TaskRef(e.task_id, e.attempt) for e in self.events.pending()}
+        request = pb.RegionHeartbeat(
+            held=to_pb(held),
+            built_at=time.time(),
+            region=self._settings.name,
+            address=self._settings.advertised_address,
+            capacity=c.capacity,
+            running=c.running,
+            queued=c.queued,
+            max_outstanding=c.max_outstanding,
+            workers=[
+                pb.WorkerInfo(
+                    id=w.id, capacity=w.capacity, running=len(w.inflight),
+                    last_heartbeat=w.last_beat_wall, health_address=w.health_address,
+                )
+                for w in c.workers()
+            ],
+        )
+        # A beat is due every interval: one that takes much longer is as good as lost.
+        reply = await self._link.heartbeat(request, taken=taken,
+                                           deadline_s=max(1.0, 2 * self.interval_s))
+        if reply is None:
+            return False
+        if not reply.known:
+            # Everything we held when this beat left was reclaimed meanwhile.
+            c.forget(held_now)
+        c.assign()  # the lease may have been renewed: start what waited for it
+        return True
+
+
 async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or stop_on_signals()
-    link = MasterLink(settings)
+    # Until the master says otherwise, the lease is twice our own dead-after.
+    lease = Lease(settings.worker_dead_after.total_seconds() * 2)
+    link = MasterLink(settings, lease)
+    uplink: Uplink
     coordinator = Coordinator(
-        name=settings.name, queue_factor=settings.queue_factor,
-        on_capacity_change=link.poke, hand_back=link.hand_back, lease_valid=link.lease_valid,
+        name=settings.name, queue_factor=settings.queue_factor, lease=lease,
+        on_capacity_change=lambda: uplink.poke(),
+        hand_back=lambda specs, reason: uplink.hand_back(specs, reason),
     )
-    link.attach(coordinator)
+    events: Batcher[pb.TaskEvent] = Batcher(
+        lambda batch: uplink.report(batch), max_size=settings.report_batch,
+        limit=EVENT_BUFFER, name="report",
+    )
+    uplink = Uplink(settings, link, coordinator, events)
     server = channels.server()
     rpc.add_RegionServicer_to_server(
-        RegionService(coordinator, link, settings.heartbeat_interval.total_seconds()), server
+        RegionService(coordinator, events, settings.heartbeat_interval.total_seconds()),
+        server,
     )
     server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()
 
     tasks = TaskSet()
-    tasks.spawn("report", link.events.run())
-    tasks.spawn("hand_back", link.hand_backs.run())
-    await link.register()
-    tasks.spawn("heartbeat", link.heartbeat_loop())
+    tasks.spawn("report", events.run())
+    tasks.spawn("hand_back", uplink.hand_backs.run())
+    await uplink.register()
+    tasks.spawn("heartbeat", uplink.heartbeat_loop())
     tasks.spawn("watch_workers", _watch_workers(coordinator, settings))
     logger.info(
         "region %s ready on %s", settings.name, settings.advertised_address,
@@ -67,11 +174,12 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
         coordinator.accepting = False
         queued = coordinator.drain_queue()
         if queued:
-            link.hand_back(queued, "region shutting down")
-        await link.heartbeat()
+            uplink.hand_back(queued, "region shutting down")
+        await uplink.heartbeat()
         try:
             await asyncio.wait_for(
-                asyncio.gather(link.hand_backs.drained(), link.events.drained()), FLUSH_TIMEOUT_S
+                asyncio.gather(uplink.hand_backs.drained(), events.drained()),
+                FLUSH_TIMEOUT_S,
             )
         except TimeoutError:
             logger.warning(
@@ -84,3 +192,4 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
         logger.info("region stopped", extra={"action": "region_stopped", "region": settings.name})
     if tasks.failure is not None:
         raise tasks.failure
+

@@ -14,20 +14,25 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from strata.common.events import TaskRef
 from strata.proto import strata_pb2 as pb
+from strata.regional.lease import Lease
 
 logger = logging.getLogger(__name__)
 
-Ref = tuple[str, int]  # (task id, attempt)
 # Results forwarded lately, to recognise one sent again after a broken stream; bounded
 # so that memory follows the region's capacity, not its history.
 REMEMBERED_RESULTS = 50_000
 
 
-def ref_of(spec: pb.TaskSpec | pb.TaskEvent | pb.TaskRef) -> Ref:
+def ref_of(spec: pb.TaskSpec | pb.TaskEvent | pb.TaskRef) -> TaskRef:
     if isinstance(spec, pb.TaskSpec):
-        return (spec.id, spec.attempt)
-    return (spec.task_id, spec.attempt)
+        return TaskRef(spec.id, spec.attempt)
+    return TaskRef(spec.task_id, spec.attempt)
+
+
+def to_pb(refs: Iterable[TaskRef]) -> list[pb.TaskRef]:
+    return [pb.TaskRef(task_id=r.id, attempt=r.attempt) for r in refs]
 
 
 @dataclass(eq=False)
@@ -39,7 +44,7 @@ class WorkerConn:
     health_address: str
     send: Callable[[pb.RegionMessage], None]
     close: Callable[[], None]
-    inflight: dict[Ref, pb.TaskSpec] = field(default_factory=dict)
+    inflight: dict[TaskRef, pb.TaskSpec] = field(default_factory=dict)
     running: int = 0
     # False once its stream closed: it gets nothing new, but keeps what it runs until it
     # reconnects (and says what it still holds) or stays silent past the dead-after.
@@ -65,7 +70,7 @@ class Coordinator:
         queue_factor: float,
         on_capacity_change: Callable[[], None],
         hand_back: Callable[[list[pb.TaskSpec], str], None],
-        lease_valid: Callable[[], bool] = lambda: True,
+        lease: Lease | None = None,
     ) -> None:
         self.name = name
         self._queue_factor = queue_factor
@@ -74,12 +79,15 @@ class Coordinator:
         self._queue: deque[pb.TaskSpec] = deque()
         self._workers: dict[str, WorkerConn] = {}
         self._rr = 0  # index of the worker that gets the next task
-        self._lease_valid = lease_valid
+        self._lease = lease or Lease()
         self._lease_lapsed = False
+        # When each queued attempt was accepted (monotonic): its own lease is judged
+        # against the heartbeats taken since.
+        self._accepted_at: dict[TaskRef, float] = {}
         # Every attempt the region holds (queued or on a worker): a delegation that
         # arrives twice (a retried call) must not run twice.
-        self._held: set[Ref] = set()
-        self._reported: OrderedDict[Ref, None] = OrderedDict()
+        self._held: set[TaskRef] = set()
+        self._reported: OrderedDict[TaskRef, None] = OrderedDict()
         self.accepting = True
 
     # ---- figures the master sees -------------------------------------------------
@@ -103,7 +111,7 @@ class Coordinator:
     def running(self) -> int:
         return sum(len(w.inflight) for w in self._workers.values())
 
-    def held(self) -> set[Ref]:
+    def held(self) -> set[TaskRef]:
         return set(self._held)
 
     def workers(self) -> list[WorkerConn]:
@@ -127,11 +135,15 @@ class Coordinator:
             else:
                 rejected.append(spec)
         self._queue.extend(fresh)
-        self._held.update(ref_of(s) for s in fresh)
+        now = time.monotonic()
+        for s in fresh:
+            ref = ref_of(s)
+            self._held.add(ref)
+            self._accepted_at[ref] = now
         self.assign()
         return accepted, rejected
 
-    def cancel(self, refs: Iterable[Ref]) -> int:
+    def cancel(self, refs: Iterable[TaskRef]) -> int:
         """Drop queued attempts and tell workers to stop running ones (their slots free
         up when the worker reports them returned)."""
         wanted = set(refs)
@@ -140,9 +152,11 @@ class Coordinator:
         before = len(self._queue)
         self._queue = deque(s for s in self._queue if ref_of(s) not in wanted)
         self._held -= wanted
+        for ref in wanted:
+            self._accepted_at.pop(ref, None)
         count = before - len(self._queue)
         for worker in self._workers.values():
-            hits = [pb.TaskRef(task_id=r[0], attempt=r[1]) for r in wanted if r in worker.inflight]
+            hits = to_pb(r for r in wanted if r in worker.inflight)
             if hits:
                 worker.send(pb.RegionMessage(cancel=pb.CancelRequest(tasks=hits)))
                 count += len(hits)
@@ -153,9 +167,10 @@ class Coordinator:
         taken = list(self._queue)
         self._queue.clear()
         self._held.difference_update(ref_of(s) for s in taken)
+        self._accepted_at.clear()
         return taken
 
-    def forget(self, refs: set[Ref]) -> int:
+    def forget(self, refs: set[TaskRef]) -> int:
         """The master reclaimed these attempts (we were declared down): drop them from
         the queue and stop them on the workers; their results would be stale anyway.
         Only these: work delivered after the master took us back is ours."""
@@ -166,10 +181,11 @@ class Coordinator:
             hits = [r for r in worker.inflight if r in refs]
             if hits:
                 # The slots stay taken until the worker answers that it stopped them.
-                worker.send(pb.RegionMessage(cancel=pb.CancelRequest(
-                    tasks=[pb.TaskRef(task_id=r[0], attempt=r[1]) for r in hits])))
+                worker.send(pb.RegionMessage(cancel=pb.CancelRequest(tasks=to_pb(hits))))
                 dropped += len(hits)
         self._held -= refs
+        for ref in refs:
+            self._accepted_at.pop(ref, None)
         logger.warning(
             "the master gave our work away while we were unreachable; dropped %d attempts",
             dropped, extra={"action": "region_reset", "region": self.name},
@@ -179,7 +195,7 @@ class Coordinator:
 
     # ---- workers --------------------------------------------------------------------
 
-    def join(self, worker: WorkerConn, still_running: Iterable[Ref] = ()) -> None:
+    def join(self, worker: WorkerConn, still_running: Iterable[TaskRef] = ()) -> None:
         old = self._workers.pop(worker.id, None)
         if old is not None:
             # The same worker reconnected before its old stream was noticed dead.
@@ -191,15 +207,17 @@ class Coordinator:
         if adopt:
             keep: deque[pb.TaskSpec] = deque()
             for spec in self._queue:
-                if ref_of(spec) in adopt:
-                    worker.inflight[ref_of(spec)] = spec
+                ref = ref_of(spec)
+                if ref in adopt:
+                    worker.inflight[ref] = spec
+                    self._accepted_at.pop(ref, None)
                 else:
                     keep.append(spec)
             self._queue = keep
             # Ones we never saw (this region restarted) are held all the same: the worker
             # runs them and will report them.
             for ref in adopt - worker.inflight.keys():
-                worker.inflight[ref] = pb.TaskSpec(id=ref[0], attempt=ref[1])
+                worker.inflight[ref] = pb.TaskSpec(id=ref.id, attempt=ref.attempt)
             self._held |= adopt
         self._workers[worker.id] = worker
         logger.info(
@@ -279,7 +297,7 @@ class Coordinator:
             worker.close()
         return [w.id for w in silent]
 
-    def first_result(self, ref: Ref) -> bool:
+    def first_result(self, ref: TaskRef) -> bool:
         """True the first time a result of this attempt comes in (forward it), False for
         a repeat (a worker replaying what it was not sure had arrived)."""
         if ref in self._reported:
@@ -289,7 +307,7 @@ class Coordinator:
             self._reported.popitem(last=False)
         return True
 
-    def finished(self, worker_id: str, refs: Iterable[Ref]) -> None:
+    def finished(self, worker_id: str, refs: Iterable[TaskRef]) -> None:
         """A worker reported results: its slots are free again."""
         done = set(refs)
         self._held -= done
@@ -307,7 +325,7 @@ class Coordinator:
         per worker for the whole round."""
         if not self._queue or not self.accepting:
             return 0
-        if not self._lease_valid():
+        if not self._lease.valid():
             # Cut off from the master past the lease: it will reclaim what we hold, so
             # starting it now would only run it twice.
             if not self._lease_lapsed:
@@ -327,6 +345,7 @@ class Coordinator:
         batches: dict[str, list[pb.TaskSpec]] = {}
         free = {w.id: w.free for w in workers}
         idle_in_a_row = 0
+        expired: list[pb.TaskSpec] = []
         while self._queue and idle_in_a_row < len(workers):
             worker = workers[self._rr % len(workers)]
             self._rr = (self._rr + 1) % len(workers)
@@ -335,9 +354,18 @@ class Coordinator:
                 continue
             idle_in_a_row = 0
             spec = self._queue.popleft()
+            ref = ref_of(spec)
+            accepted_at = self._accepted_at.pop(ref, None)
+            if accepted_at is not None and not self._lease.allows(spec, accepted_at):
+                self._held.discard(ref)
+                expired.append(spec)
+                continue
             free[worker.id] -= 1
-            worker.inflight[ref_of(spec)] = spec
+            worker.inflight[ref] = spec
             batches.setdefault(worker.id, []).append(spec)
         for worker_id, specs in batches.items():
             self._workers[worker_id].send(pb.RegionMessage(assign=pb.Assign(tasks=specs)))
+        if expired:
+            self._hand_back(expired, "its lease expired before it could start")
+            self._on_capacity_change()
         return sum(len(s) for s in batches.values())

@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 
+from strata.common.batching import Batcher
 from strata.proto import strata_pb2 as pb
 from strata.regional.coordinator import Coordinator, WorkerConn, ref_of
-from strata.regional.link import MasterLink
 
 logger = logging.getLogger(__name__)
 
@@ -20,10 +20,11 @@ _RESULTS = (pb.EVENT_TYPE_SUCCEEDED, pb.EVENT_TYPE_FAILED, pb.EVENT_TYPE_RETURNE
 
 class RegionService:
     def __init__(
-        self, coordinator: Coordinator, link: MasterLink, heartbeat_interval_s: float
+        self, coordinator: Coordinator, events: Batcher[pb.TaskEvent],
+        heartbeat_interval_s: float,
     ) -> None:
         self._coordinator = coordinator
-        self._link = link
+        self._events = events
         self._heartbeat_interval_s = heartbeat_interval_s
 
     async def Delegate(
@@ -74,7 +75,15 @@ class RegionService:
             raise
         finally:
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            (outcome,) = await asyncio.gather(reader, return_exceptions=True)
+            if isinstance(outcome, Exception):
+                # The reader died of something it did not expect: say so, not just that
+                # the worker went away.
+                reason = f"reading its stream failed: {outcome!r}"
+                logger.error(
+                    "reading worker %s's stream failed", conn.id, exc_info=outcome,
+                    extra={"action": "worker_stream_failed", "worker": conn.id},
+                )
             self._coordinator.disconnect(conn.id, reason, conn=conn)
 
     async def _read(self, conn: WorkerConn, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -96,7 +105,7 @@ class RegionService:
                                 continue  # replayed after a broken stream: sent already
                         # Waits when the buffer to the master is full: back-pressure
                         # reaches the worker instead of memory growing.
-                        await self._link.events.put(event)
+                        await self._events.put(event)
                     if done:
                         self._coordinator.finished(conn.id, done)
                     # In our buffer now, delivered to the master from there.

@@ -3,12 +3,14 @@
 -- name: insert_tasks
 -- One round trip for one task or ten thousand; the NOTIFY wakes the scanners at commit.
 WITH inserted AS (
-    INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s)
+    INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s,
+                       retry_of)
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
-                         $6::text[], $7::int[], $8::float8[])
-    RETURNING run_at
+                         $6::text[], $7::int[], $8::float8[], $9::uuid[])
+    RETURNING id, created_at
 )
-SELECT pg_notify('strata_tasks', ''), count(*) FROM inserted;
+SELECT inserted.id, inserted.created_at
+FROM inserted, (SELECT pg_notify('strata_tasks', '')) AS woken;
 
 -- name: claim_due
 WITH due AS (
@@ -24,6 +26,15 @@ SET state = 'dispatched', attempt = t.attempt + 1, assigned_region = $1,
 FROM due
 WHERE t.id = due.id
 RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.priority, t.run_at;
+
+-- name: count_due
+-- How many due tasks the live regions $1 could take, counted up to $2 (their room): a
+-- region's share of a scan follows it, so a small batch is spread, not taken by one.
+SELECT count(*) FROM (
+    SELECT 1 FROM tasks
+    WHERE state = 'pending' AND run_at <= now() AND (region IS NULL OR region = ANY($1::text[]))
+    LIMIT $2
+) AS due;
 
 -- name: next_due
 SELECT min(run_at) FROM tasks WHERE state = 'pending';
@@ -124,11 +135,22 @@ ORDER BY name;
 SELECT * FROM tasks WHERE id = $1;
 
 -- name: list_tasks
+-- Oldest first; the cursor is the (created_at, id) of the last row seen.
 SELECT * FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR coalesce(assigned_region, region) = $2)
+  AND ($6::text IS NULL OR kind = $6)
   AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
 ORDER BY created_at, id
+LIMIT $5;
+
+-- name: list_tasks_newest_first
+SELECT * FROM tasks
+WHERE ($1::text IS NULL OR state = $1)
+  AND ($2::text IS NULL OR coalesce(assigned_region, region) = $2)
+  AND ($6::text IS NULL OR kind = $6)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+ORDER BY created_at DESC, id DESC
 LIMIT $5;
 
 -- name: cancel_task
@@ -176,3 +198,29 @@ WHERE t.assigned_region = $1 AND t.state IN ('dispatched', 'running')
       WHERE h.id = t.id AND h.attempt = t.attempt
   )
 RETURNING t.id;
+
+-- name: region_names
+SELECT name, state = 'up' AND last_heartbeat > now() - $1::float8 * interval '1 second' AS live,
+       last_heartbeat
+FROM regions
+ORDER BY name;
+
+-- name: delete_region
+-- Only a region that is down and that no unfinished task names (pinned or assigned).
+-- Returns why not, or deletes it and returns nothing to say.
+WITH r AS (
+    SELECT name, state = 'up' AND last_heartbeat > now() - $2::float8 * interval '1 second'
+           AS live
+    FROM regions WHERE name = $1 FOR UPDATE
+), users AS (
+    SELECT count(*) AS n FROM tasks
+    WHERE (region = $1 OR assigned_region = $1)
+      AND state IN ('pending', 'dispatched', 'running')
+), deleted AS (
+    DELETE FROM regions WHERE name = $1
+      AND NOT (SELECT live FROM r) AND (SELECT n FROM users) = 0
+    RETURNING name
+)
+SELECT (SELECT live FROM r) AS live, (SELECT n FROM users) AS tasks,
+       EXISTS (SELECT 1 FROM deleted) AS deleted
+FROM r;

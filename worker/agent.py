@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from typing import Any
@@ -19,6 +18,8 @@ from strata.common import channels
 from strata.common.batching import Batcher
 from strata.common.breaker import CircuitBreaker, RetryPolicy
 from strata.common.errors import CircuitOpen, StrataError, Unavailable
+from strata.common.events import TaskRef
+from strata.common.retry import Backoff, of_type, retrying
 from strata.common.settings import WorkerSettings
 from strata.proto import strata_pb2 as pb
 from strata.proto import strata_pb2_grpc as rpc
@@ -26,10 +27,8 @@ from strata.worker.runner import Runner
 
 logger = logging.getLogger(__name__)
 
-Ref = tuple[str, int]
 HANDSHAKE_TIMEOUT_S = 5.0
-RECONNECT_MIN_S = 0.05
-RECONNECT_MAX_S = 5.0
+RECONNECT = Backoff(initial_s=0.05, max_s=5.0, jitter_s=0.05, healthy_after_s=5.0)
 EVENT_BATCH = 1000
 
 
@@ -37,12 +36,16 @@ class NotConnected(Exception):
     pass
 
 
+class LinkLost(Exception):
+    """The stream to the region ended; the agent connects again."""
+
+
 class Agent:
     def __init__(self, settings: WorkerSettings, runner: Runner, worker_id: str) -> None:
         self.id = worker_id
         self._settings = settings
         self._runner = runner
-        self._running: dict[Ref, asyncio.Task[None]] = {}
+        self._running: dict[TaskRef, asyncio.Task[None]] = {}
         self._call: grpc.aio.StreamStreamCall[pb.WorkerMessage, pb.RegionMessage] | None = None
         self._write_lock = asyncio.Lock()
         self.events: Batcher[pb.TaskEvent] = Batcher(
@@ -59,7 +62,7 @@ class Agent:
         self._unacked: deque[tuple[int, list[pb.TaskEvent]]] = deque()
         # STARTED events still waiting in the buffer: a result that is ready before its
         # STARTED went out takes its place, so a fast task costs one event, not two.
-        self._unsent_started: dict[Ref, pb.TaskEvent] = {}
+        self._unsent_started: dict[TaskRef, pb.TaskEvent] = {}
         self._seq = 0
         self.health_address = ""
         self.connected = False
@@ -77,30 +80,31 @@ class Agent:
     # ---- the stream -----------------------------------------------------------------
 
     async def run(self) -> None:
-        delay = RECONNECT_MIN_S
-        while True:
-            started = time.monotonic()
-            try:
-                await self._session()
-            except CircuitOpen as exc:
-                # Not a new failure: wait out the cool-down, without growing the backoff.
-                logger.debug("region breaker open", extra={"action": "region_breaker_wait"})
-                await asyncio.sleep(max(exc.retry_after_s, RECONNECT_MIN_S))
-                continue
-            except (grpc.aio.AioRpcError, StrataError, TimeoutError) as exc:
-                why = f"{exc.code().name} {exc.details()}" \
-                    if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
-                logger.warning(
-                    "region link lost: %s", why,
-                    extra={"action": "region_link_lost", "worker": self.id},
-                )
-            finally:
-                self.connected = False
-                self._call = None
-            if time.monotonic() - started > RECONNECT_MAX_S:
-                delay = RECONNECT_MIN_S  # it was up for a while: start the backoff over
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, RECONNECT_MAX_S)
+        """Keep a stream to the region, reconnecting with backoff that starts over once
+        a stream has stayed up a while. An open breaker is waited out, not counted as a
+        new failure."""
+        async for attempt in retrying(
+            "region link", RECONNECT, retry_on=of_type(LinkLost), action="region_link_lost",
+            extra={"worker": self.id},
+        ):
+            with attempt:
+                await self._connected_session()
+
+    async def _connected_session(self) -> None:
+        try:
+            await self._session()
+            raise LinkLost("the region closed the stream")
+        except CircuitOpen as exc:
+            logger.debug("region breaker open", extra={"action": "region_breaker_wait"})
+            await asyncio.sleep(max(exc.retry_after_s, RECONNECT.initial_s))
+            raise LinkLost(str(exc)) from exc
+        except (grpc.aio.AioRpcError, StrataError, TimeoutError) as exc:
+            why = f"{exc.code().name} {exc.details()}" \
+                if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+            raise LinkLost(why) from exc
+        finally:
+            self.connected = False
+            self._call = None
 
     async def _handshake(self, channel: grpc.aio.Channel) -> tuple[Any, float]:
         call = rpc.RegionStub(channel).Connect()
@@ -111,7 +115,8 @@ class Agent:
                         worker_id=self.id,
                         capacity=0 if self.draining else self.capacity,
                         health_address=self.health_address,
-                        running=[pb.TaskRef(task_id=i, attempt=a) for i, a in self._holding()],
+                        running=[pb.TaskRef(task_id=r.id, attempt=r.attempt)
+                                 for r in self._holding()],
                     )
                 )
             )
@@ -149,7 +154,7 @@ class Agent:
                             self._start(spec)
                     elif body == "cancel":
                         for ref in message.cancel.tasks:
-                            task = self._running.get((ref.task_id, ref.attempt))
+                            task = self._running.get(TaskRef(ref.task_id, ref.attempt))
                             if task is not None:
                                 task.cancel()
                     elif body == "ack":
@@ -159,11 +164,12 @@ class Agent:
                 beats.cancel()
                 await asyncio.gather(beats, return_exceptions=True)
 
-    def _holding(self) -> set[Ref]:
+    def _holding(self) -> set[TaskRef]:
         """What this worker still answers for: running, or finished with the result not
         yet delivered. The region keeps these for us instead of giving them away."""
         unsent = [*self.events.pending(), *(e for _, batch in self._unacked for e in batch)]
-        results = {(e.task_id, e.attempt) for e in unsent if e.type != pb.EVENT_TYPE_STARTED}
+        results = {TaskRef(e.task_id, e.attempt) for e in unsent
+                   if e.type != pb.EVENT_TYPE_STARTED}
         return set(self._running) | results
 
     async def _write(self, message: pb.WorkerMessage) -> None:
@@ -184,7 +190,7 @@ class Agent:
         # Before any await: from here on these STARTED events are no longer ours to change.
         for event in events:
             if event.type == pb.EVENT_TYPE_STARTED:
-                self._unsent_started.pop((event.task_id, event.attempt), None)
+                self._unsent_started.pop(TaskRef(event.task_id, event.attempt), None)
         self._seq += 1
         seq = self._seq
         await self._write(pb.WorkerMessage(events=pb.EventBatch(events=events, seq=seq)))
@@ -193,7 +199,7 @@ class Agent:
     # ---- running tasks -------------------------------------------------------------------
 
     def _start(self, spec: pb.TaskSpec) -> None:
-        ref = (spec.id, spec.attempt)
+        ref = TaskRef(spec.id, spec.attempt)
         if ref in self._running:
             return  # the region re-sent what we already run (reconnect race)
         if self.draining or self.running >= self.capacity:
@@ -207,7 +213,7 @@ class Agent:
         task.add_done_callback(lambda _: self._running.pop(ref, None))
 
     async def _execute(self, spec: pb.TaskSpec) -> None:
-        ref = (spec.id, spec.attempt)
+        ref = TaskRef(spec.id, spec.attempt)
         started_at = time.time()
         started = pb.TaskEvent(task_id=spec.id, attempt=spec.attempt,
                                type=pb.EVENT_TYPE_STARTED, worker_id=self.id,

@@ -172,3 +172,24 @@ async def _state_is(c: object, task_id: str, state: str) -> bool:
 
     assert isinstance(c, Client)
     return bool((await c.get(task_id))["state"] == state)
+
+
+async def test_a_batch_is_spread_over_equal_regions_by_their_room(cluster: Cluster) -> None:
+    """Each region has room for far more than the batch: it is still split between them,
+    not taken by the first."""
+    await cluster.start_master()
+    for region in ("east", "west"):
+        await cluster.start_region(region)
+        await cluster.start_worker(region, f"{region}-w1", concurrency=100)
+    async with cluster.client() as c:
+
+        async def both_have_room() -> bool:
+            return all(r["max_outstanding"] >= 100 for r in await c.regions())
+
+        await wait_until(both_have_room, what="both regions advertising their room")
+        ids = await c.create_batch([{"kind": "noop"} for _ in range(100)])
+        done = [await c.wait(task_id, timeout_s=30) for task_id in ids]
+    spread = Counter(t["region"] for t in done)
+    assert all(t["state"] == "succeeded" for t in done)
+    assert set(spread) == {"east", "west"}
+    assert all(35 <= n <= 65 for n in spread.values()), spread

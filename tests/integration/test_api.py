@@ -17,11 +17,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from strata.common.events import Finished, Report, Started
 from strata.common.models import MAX_BATCH
 from strata.common.settings import MasterSettings
+from strata.common.status import RegionStatus, WorkerInfo
 from strata.master.api import MAX_BODY, Api
 from strata.master.control import Control
-from strata.master.db import Database, Finished, Started
+from strata.master.db import Database
 from strata.master.regions import RegionClients
 
 pytestmark = pytest.mark.integration
@@ -31,10 +33,17 @@ Client = TestClient[web.Request, web.Application]
 TASK_FIELDS = {
     "id", "kind", "payload", "state", "priority", "run_at", "region", "pinned_region",
     "worker_id", "attempt", "max_attempts", "timeout_s", "created_at", "picked_at",
-    "started_at", "finished_at", "result",
+    "started_at", "finished_at", "result", "retry_of",
 }
 STATES = ("pending", "dispatched", "running", "succeeded", "failed", "cancelled")
 JAN_2030 = 1893456000  # 2030-01-01T00:00:00Z
+
+
+async def apply_events(
+    db: Database, started: list[Started], finished: list[Finished], **backoff: timedelta
+) -> None:
+    await db.apply_report(
+        Report(region="eu", started=started, finished=finished, returned=[]), **backoff)
 
 
 @pytest.fixture
@@ -103,7 +112,8 @@ def instant(value: Any) -> datetime:
 # ---- /v1/tasks: create and get ------------------------------------------------------
 
 
-async def test_create_task_returns_every_field(client: Client) -> None:
+async def test_create_task_returns_every_field(client: Client, db: Database) -> None:
+    await db.upsert_region(RegionStatus(name="eu", address="eu:1"))
     before = datetime.now(UTC)
     response = await post_json(client, "/v1/tasks", {
         "kind": "shell", "command": "echo hi", "priority": 5, "region": "eu",
@@ -128,11 +138,16 @@ async def test_create_task_returns_every_field(client: Client) -> None:
     assert body["created_at"].endswith("Z")
     assert before - timedelta(seconds=5) <= created_at <= datetime.now(UTC) + timedelta(seconds=5)
     assert body["picked_at"] is body["started_at"] is body["finished_at"] is None
-    assert body["result"] == {"exit_code": None, "output": None, "error": None}
+    assert body["result"] == {"exit_code": None, "output": None, "stderr": None, "error": None,
+                              "output_truncated": False, "stderr_truncated": False}
+    assert body["retry_of"] is None
 
     fetched = await client.get(f"/v1/tasks/{body['id']}")
     assert fetched.status == 200
-    assert await fetched.json() == body
+    got = await fetched.json()
+    # A pending task says what it waits for: here its run_at, still ahead.
+    assert got.pop("waiting_for") == f"its run_at, {body['run_at']}"
+    assert got == body
 
 
 async def test_create_task_defaults(client: Client) -> None:
@@ -148,9 +163,9 @@ async def test_get_task_reflects_progress(client: Client, db: Database) -> None:
     body = await create(client, run_at="2000-01-01T00:00:00Z")
     (claimed,) = await db.claim("eu", 10)
     now = datetime.now(UTC)
-    await db.apply_events(
-        [Started(id=claimed.id, attempt=claimed.attempt, worker_id="w-1", started_at=now)],
-        [Finished(id=claimed.id, attempt=claimed.attempt, ok=True, worker_id="w-1",
+    await apply_events(db,
+        [Started(id=str(claimed.id), attempt=claimed.attempt, worker_id="w-1", started_at=now)],
+        [Finished(id=str(claimed.id), attempt=claimed.attempt, ok=True, worker_id="w-1",
                   started_at=now, finished_at=now, exit_code=0, output="hi\n", error=None)],
         backoff_base=timedelta(seconds=1), backoff_max=timedelta(seconds=1),
     )
@@ -160,7 +175,8 @@ async def test_get_task_reflects_progress(client: Client, db: Database) -> None:
     assert (got["region"], got["pinned_region"]) == ("eu", None)
     assert (got["worker_id"], got["attempt"]) == ("w-1", 1)
     assert got["picked_at"] and got["started_at"] and got["finished_at"]
-    assert got["result"] == {"exit_code": 0, "output": "hi\n", "error": None}
+    assert got["result"] == {"exit_code": 0, "output": "hi\n", "stderr": None, "error": None,
+                             "output_truncated": False, "stderr_truncated": False}
 
 
 async def test_create_batch_of_ten_thousand(client: Client, raw: asyncpg.Connection) -> None:
@@ -214,6 +230,8 @@ async def test_list_walks_all_tasks_once_with_a_cursor(client: Client) -> None:
 
 
 async def test_list_filters_by_state_and_region(client: Client, db: Database) -> None:
+    for name in ("eu", "us"):
+        await db.upsert_region(RegionStatus(name=name, address=f"{name}:1"))
     pinned_eu = await create(client, region="eu", run_at="2030-01-01T00:00:00Z")
     to_cancel = await create(client, run_at="2030-01-01T00:00:00Z")
     due = await create(client, run_at="2000-01-01T00:00:00Z")
@@ -268,9 +286,16 @@ async def test_stats_counts_every_state(client: Client, db: Database) -> None:
     await client.post(f"/v1/tasks/{cancelled['id']}/cancel")
     await create(client, run_at="2000-01-01T00:00:00Z")
     await db.claim("eu", 10)
-    await db.upsert_region(name="eu", address="eu:1", capacity=1, max_outstanding=1,
-                           running=0, queued=0, workers=[])
-    await db.count_stale("eu", 2)
+    await db.upsert_region(RegionStatus(name="eu", address="eu:1", capacity=1,
+                                        max_outstanding=1))
+    now = datetime.now(UTC)
+    unknown = [Finished(id=str(uuid.uuid4()), attempt=1, ok=True, worker_id="w",
+                        started_at=now, finished_at=now, exit_code=0, output=None, error=None)
+               for _ in range(2)]
+    stale = await db.apply_report(
+        Report(region="eu", started=[], finished=unknown, returned=[]),
+        backoff_base=timedelta(seconds=1), backoff_max=timedelta(seconds=1))
+    assert len(stale) == 2
 
     body = await (await client.get("/v1/stats")).json()
     assert body["counts"] == dict.fromkeys(STATES, 0) | {
@@ -286,18 +311,16 @@ async def test_regions_and_workers(client: Client, db: Database, raw: asyncpg.Co
     assert await (await client.get("/v1/regions")).json() == {"regions": []}
     assert await (await client.get("/v1/workers")).json() == {"workers": []}
     beat = float(int(time.time()))
-    await db.upsert_region(
+    await db.upsert_region(RegionStatus(
         name="eu", address="10.0.0.1:50061", capacity=8, max_outstanding=16, running=3,
         queued=2,
-        workers=[
-            {"id": "w-1", "capacity": 4, "running": 2, "last_heartbeat": beat,
-             "health_address": "10.0.0.2:9001"},
-            {"id": "w-2", "capacity": 4, "running": 1, "last_heartbeat": beat,
-             "health_address": ""},
-        ],
-    )
-    await db.upsert_region(name="us", address="10.0.1.1:50061", capacity=0,
-                           max_outstanding=0, running=0, queued=0, workers=[])
+        workers=(
+            WorkerInfo(id="w-1", capacity=4, running=2, last_heartbeat=beat,
+                       health_address="10.0.0.2:9001"),
+            WorkerInfo(id="w-2", capacity=4, running=1, last_heartbeat=beat),
+        ),
+    ))
+    await db.upsert_region(RegionStatus(name="us", address="10.0.1.1:50061"))
 
     response = await client.get("/v1/regions")
     assert response.status == 200
@@ -421,15 +444,15 @@ async def test_status_follows_the_task(client: Client, db: Database) -> None:
     (claimed,) = await db.claim("eu", 10)
     assert "picked_at" in await status()
     now = datetime.now(UTC)
-    await db.apply_events(
-        [Started(id=claimed.id, attempt=claimed.attempt, worker_id="w", started_at=now)], [],
+    await apply_events(db,
+        [Started(id=str(claimed.id), attempt=claimed.attempt, worker_id="w", started_at=now)], [],
         backoff_base=timedelta(seconds=1), backoff_max=timedelta(seconds=1),
     )
     body = await status()
     assert {"picked_at", "started_at"} <= set(body)
     assert "completed_at" not in body and "failed_at" not in body
-    await db.apply_events(
-        [], [Finished(id=claimed.id, attempt=claimed.attempt, ok=False, worker_id="w",
+    await apply_events(db,
+        [], [Finished(id=str(claimed.id), attempt=claimed.attempt, ok=False, worker_id="w",
                       started_at=now, finished_at=now, exit_code=1, output="", error="exit 1")],
         backoff_base=timedelta(seconds=1), backoff_max=timedelta(seconds=1),
     )
@@ -665,3 +688,109 @@ async def test_cursor_with_out_of_range_time_is_bad_input(client: Client) -> Non
     ).decode()
     response = await client.get("/v1/tasks", params={"cursor": cursor})
     await expect_error(response, 400, "invalid_input")
+
+
+# ---- what a newcomer trips on ------------------------------------------------------------
+
+
+async def test_a_wrong_method_is_405_with_allow(client: Client) -> None:
+    response = await client.delete("/v1/tasks")
+    await expect_error(response, 405, "method_not_allowed")
+    assert set(response.headers["Allow"].split(",")) >= {"GET", "POST"}
+
+
+@pytest.mark.parametrize("path", ["/v1/tasks?kindd=shell", "/v1/stats?verbose=1",
+                                  "/v1/regions?name=eu", "/status?task_id=x&id=y",
+                                  "/v1/tasks?state=pending&state=failed"])
+async def test_an_unknown_or_repeated_query_parameter_is_400(client: Client, path: str) -> None:
+    message = await expect_error(await client.get(path), 400, "invalid_input")
+    assert "query parameter" in message
+
+
+async def test_list_filters_by_kind_and_lists_newest_first(client: Client) -> None:
+    made = [await create(client, run_at="2030-01-01T00:00:00Z") for _ in range(3)]
+    shell = await create(client, kind="shell", command="true", run_at="2030-01-01T00:00:00Z")
+    made.append(shell)
+
+    response = await client.get("/v1/tasks", params={"kind": "shell"})
+    assert [t["id"] for t in (await response.json())["tasks"]] == [shell["id"]]
+    await expect_error(await client.get("/v1/tasks", params={"kind": "cron"}), 400,
+                       "invalid_input")
+    await expect_error(await client.get("/v1/tasks", params={"order": "newest"}), 400,
+                       "invalid_input")
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"order": "desc", "limit": "3"} | ({"cursor": cursor} if cursor else {})
+        page = await (await client.get("/v1/tasks", params=params)).json()
+        seen += [t["id"] for t in page["tasks"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [t["id"] for t in reversed(made)]
+
+
+async def test_a_task_pinned_to_an_unknown_region_is_refused(
+    client: Client, db: Database, raw: asyncpg.Connection
+) -> None:
+    await db.upsert_region(RegionStatus(name="region-a", address="a:1"))
+    await db.upsert_region(RegionStatus(name="region-b", address="b:1"))
+    message = await expect_error(
+        await post_json(client, "/v1/tasks", {"kind": "noop", "region": "Region-A"}),
+        400, "invalid_input")
+    assert "Region-A" in message and "region-a, region-b" in message
+    batch = {"tasks": [{"kind": "noop"}, {"kind": "noop", "region": "typo"}]}
+    await expect_error(await post_json(client, "/v1/tasks/batch", batch), 400, "invalid_input")
+    assert await task_count(raw) == 0, "nothing of a refused batch is written"
+    assert (await create(client, region="region-b"))["pinned_region"] == "region-b"
+
+
+async def test_a_task_pinned_to_a_region_that_is_down_waits_and_says_so(
+    client: Client, db: Database, raw: asyncpg.Connection
+) -> None:
+    await db.upsert_region(RegionStatus(name="eu", address="eu:1"))
+    await raw.execute("UPDATE regions SET state = 'down'")
+    task = await create(client, region="eu")
+    got = await (await client.get(f"/v1/tasks/{task['id']}")).json()
+    assert got["state"] == "pending"
+    assert got["waiting_for"] == "region eu, which is down"
+    free = await create(client)
+    got = await (await client.get(f"/v1/tasks/{free['id']}")).json()
+    assert got["waiting_for"] == "a free slot in any live region"
+
+
+async def test_deleting_a_region(client: Client, db: Database, raw: asyncpg.Connection) -> None:
+    await db.upsert_region(RegionStatus(name="old", address="old:1"))
+    await expect_error(await client.delete("/v1/regions/nowhere"), 404, "not_found")
+    message = await expect_error(await client.delete("/v1/regions/old"), 409, "conflict")
+    assert "is up" in message
+    await raw.execute("UPDATE regions SET state = 'down'")
+    pinned = await create(client, region="old")
+    message = await expect_error(await client.delete("/v1/regions/old"), 409, "conflict")
+    assert "1 unfinished task" in message
+    await client.post(f"/v1/tasks/{pinned['id']}/cancel")
+    response = await client.delete("/v1/regions/old")
+    assert response.status == 204, await response.text()
+    assert await (await client.get("/v1/regions")).json() == {"regions": []}
+
+
+async def test_retry_requeues_a_failed_or_cancelled_task_as_a_new_one(
+    client: Client, db: Database
+) -> None:
+    pending = await create(client, kind="shell", command="exit 3", priority=4,
+                           run_at="2030-01-01T00:00:00Z", max_attempts=2)
+    message = await expect_error(await client.post(f"/v1/tasks/{pending['id']}/retry"), 409,
+                                 "conflict")
+    assert "pending" in message
+    await client.post(f"/v1/tasks/{pending['id']}/cancel")
+
+    response = await client.post(f"/v1/tasks/{pending['id']}/retry")
+    assert response.status == 201, await response.text()
+    again = await response.json()
+    assert again["id"] != pending["id"] and again["retry_of"] == pending["id"]
+    assert (again["state"], again["attempt"]) == ("pending", 0)
+    assert again["payload"] == {"command": "exit 3"}
+    assert (again["priority"], again["max_attempts"]) == (4, 2)
+    assert datetime.fromisoformat(again["run_at"]) < datetime(2030, 1, 1, tzinfo=UTC)
+    await expect_error(await client.post(f"/v1/tasks/{uuid.uuid4()}/retry"), 404, "not_found")

@@ -14,9 +14,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from strata.common.events import Finished, Report, Started, TaskRef
 from strata.common.models import NewTask, TaskState, parse_batch, parse_new_task
+from strata.common.status import RegionStatus, WorkerInfo
 from strata.local.postgres import EmbeddedPostgres
-from strata.master.db import Claimed, Database, Finished, Q, RegionRoom, Started
+from strata.master.db import Claimed, Database, Q, RegionRoom
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +59,7 @@ def finished(
 ) -> Finished:
     at = at or utcnow()
     return Finished(
-        id=claimed.id, attempt=claimed.attempt, ok=ok, worker_id=worker_id,
+        id=str(claimed.id), attempt=claimed.attempt, ok=ok, worker_id=worker_id,
         started_at=at - timedelta(seconds=1), finished_at=at, exit_code=exit_code,
         output=output, error=error,
     )
@@ -66,11 +68,21 @@ def finished(
 async def apply(
     db: Database, started: Sequence[Started] = (), done: Sequence[Finished] = (),
     *, backoff_base: timedelta = BACKOFF, backoff_max: timedelta = BACKOFF_MAX,
+    returned: Sequence[TaskRef] = (), region: str = "a",
 ) -> list[tuple[uuid.UUID, int]]:
-    return await db.apply_events(
-        started, done, backoff_base=backoff_base, backoff_max=backoff_max
-    )
+    """Apply a report; the stale attempts it names, as (id, attempt)."""
+    report = Report(region=region, started=list(started), finished=list(done),
+                    returned=list(returned))
+    stale = await db.apply_report(report, backoff_base=backoff_base, backoff_max=backoff_max)
+    return [(uuid.UUID(s.id), s.attempt) for s in stale]
 
+
+
+def unknown_result() -> Finished:
+    """The result of an attempt the master never owned: always stale."""
+    now = utcnow()
+    return Finished(id=str(uuid.uuid4()), attempt=1, ok=True, worker_id="w", started_at=now,
+                    finished_at=now, exit_code=0, output=None, error=None)
 
 
 async def make_due(raw: asyncpg.Connection, task_id: uuid.UUID) -> None:
@@ -248,7 +260,7 @@ async def test_finished_with_older_attempt_is_stale_and_writes_nothing(db: Datab
     task = due_task()
     await db.insert_tasks([task])
     first = await claim_one(db, task.id)
-    assert await db.return_to_pending([(first.id, first.attempt)]) == 1
+    assert await db.return_to_pending([TaskRef(str(first.id), first.attempt)]) == 1
     second = await claim_one(db, task.id, region="b")
     assert second.attempt == first.attempt + 1
 
@@ -270,7 +282,7 @@ async def test_stale_and_fresh_events_in_one_batch(db: Database) -> None:
     old, fresh = due_task(priority=1), due_task(priority=0)
     await db.insert_tasks([old, fresh])
     old_first, fresh_claim = await db.claim("a", 10)
-    await db.return_to_pending([(old_first.id, old_first.attempt)])
+    await db.return_to_pending([TaskRef(str(old_first.id), old_first.attempt)])
     await claim_one(db, old.id)
 
     stale = await apply(db, done=[finished(old_first, ok=True), finished(fresh_claim, ok=True)])
@@ -288,7 +300,7 @@ async def test_started_moves_dispatched_to_running(db: Database) -> None:
     claimed = await claim_one(db, task.id)
     at = utcnow().replace(microsecond=654321)
 
-    stale = await apply(db, started=[Started(id=claimed.id, attempt=claimed.attempt,
+    stale = await apply(db, started=[Started(id=str(claimed.id), attempt=claimed.attempt,
                                              worker_id="w-2", started_at=at)])
 
     assert stale == []
@@ -304,10 +316,10 @@ async def test_started_with_older_attempt_is_stale(db: Database) -> None:
     task = due_task()
     await db.insert_tasks([task])
     first = await claim_one(db, task.id)
-    await db.return_to_pending([(first.id, first.attempt)])
+    await db.return_to_pending([TaskRef(str(first.id), first.attempt)])
     await claim_one(db, task.id)
 
-    stale = await apply(db, started=[Started(id=first.id, attempt=first.attempt,
+    stale = await apply(db, started=[Started(id=str(first.id), attempt=first.attempt,
                                              worker_id="late", started_at=utcnow())])
 
     assert stale == [(task.id, first.attempt)]
@@ -325,7 +337,7 @@ async def test_events_for_a_cancelled_task_are_stale(db: Database) -> None:
 
     stale = await apply(
         db,
-        started=[Started(id=claimed.id, attempt=claimed.attempt, worker_id="w",
+        started=[Started(id=str(claimed.id), attempt=claimed.attempt, worker_id="w",
                          started_at=utcnow())],
         done=[finished(claimed, ok=True, exit_code=0, output="done")],
     )
@@ -460,13 +472,13 @@ async def test_return_to_pending_needs_the_matching_attempt(db: Database) -> Non
     await db.insert_tasks([task])
     claimed = await claim_one(db, task.id)
 
-    assert await db.return_to_pending([(task.id, claimed.attempt - 1)]) == 0
-    assert await db.return_to_pending([(task.id, claimed.attempt + 1)]) == 0
+    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt - 1)]) == 0
+    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt + 1)]) == 0
     row = await db.get_task(task.id)
     assert row is not None
     assert (row.state, row.assigned_region) == (TaskState.DISPATCHED, "a")
 
-    assert await db.return_to_pending([(task.id, claimed.attempt)]) == 1
+    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt)]) == 1
     row = await db.get_task(task.id)
     assert row is not None
     assert row.state is TaskState.PENDING
@@ -481,9 +493,9 @@ async def test_return_to_pending_also_takes_running_tasks_back(db: Database) -> 
     task = due_task()
     await db.insert_tasks([task])
     claimed = await claim_one(db, task.id)
-    await apply(db, started=[Started(id=claimed.id, attempt=claimed.attempt, worker_id="w",
+    await apply(db, started=[Started(id=str(claimed.id), attempt=claimed.attempt, worker_id="w",
                                      started_at=utcnow())])
-    assert await db.return_to_pending([(task.id, claimed.attempt)]) == 1
+    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt)]) == 1
     row = await db.get_task(task.id)
     assert row is not None
     assert (row.state, row.worker_id) == (TaskState.PENDING, None)
@@ -496,7 +508,8 @@ async def test_return_to_pending_leaves_pending_and_finished_tasks_alone(db: Dat
     assert claimed.id == done.id
     await apply(db, done=[finished(claimed, ok=True)])
 
-    assert await db.return_to_pending([(waiting.id, 0), (done.id, claimed.attempt)]) == 0
+    assert await db.return_to_pending(
+        [TaskRef(str(waiting.id), 0), TaskRef(str(done.id), claimed.attempt)]) == 0
     assert await db.counts_by_state() == {"pending": 1, "succeeded": 1}
 
 
@@ -505,7 +518,7 @@ async def test_hand_back_is_not_a_failure(db: Database, raw: asyncpg.Connection)
     await db.insert_tasks([task])
     for region in ("a", "b", "a"):
         claimed = await claim_one(db, task.id, region=region)
-        assert await db.return_to_pending([(task.id, claimed.attempt)]) == 1
+        assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt)]) == 1
     assert await _failures(raw, task.id) == 0
 
     # Three hand-backs, then one real failure: one attempt is still left.
@@ -542,9 +555,9 @@ async def test_next_due_is_the_earliest_pending_run_at(db: Database) -> None:
 # ---- regions --------------------------------------------------------------------------
 
 WORKERS = [
-    {"id": "w-1", "capacity": 4, "running": 1, "last_heartbeat": 1.7e9,
-     "health_address": "127.0.0.1:9001"},
-    {"id": "w-2", "capacity": 4, "running": 0, "last_heartbeat": 1.7e9, "health_address": ""},
+    WorkerInfo(id="w-1", capacity=4, running=1, last_heartbeat=1.7e9,
+               health_address="127.0.0.1:9001"),
+    WorkerInfo(id="w-2", capacity=4, running=0, last_heartbeat=1.7e9),
 ]
 
 
@@ -554,7 +567,8 @@ async def _upsert(db: Database, name: str, **overrides: Any) -> None:
         "running": 2, "queued": 3, "workers": WORKERS,
     }
     fields.update(overrides)
-    await db.upsert_region(name=name, **fields)
+    fields["workers"] = tuple(fields["workers"])
+    await db.upsert_region(RegionStatus(name=name, **fields))
 
 
 async def test_upsert_and_list_regions(db: Database) -> None:
@@ -579,7 +593,7 @@ async def test_upsert_updates_an_existing_region(db: Database) -> None:
     (before,) = await db.list_regions(timedelta(seconds=30))
     await _upsert(db, "a", address="moved:1", capacity=1, max_outstanding=2, running=0,
                   queued=0, workers=WORKERS[:1])
-    await db.count_stale("a", 4)
+    await apply(db, done=[unknown_result() for _ in range(4)], region="a")
     (after,) = await db.list_regions(timedelta(seconds=30))
     assert (after.address, after.capacity, after.max_outstanding, after.running, after.queued) \
         == ("moved:1", 1, 2, 0, 0)
@@ -629,7 +643,7 @@ async def test_region_room_is_max_outstanding_less_tasks_in_flight(db: Database)
                          started_at=utcnow())],
         done=[finished(in_b[0], ok=True)],
     )
-    assert await db.return_to_pending([(in_a[1].id, in_a[1].attempt)]) == 1
+    assert await db.return_to_pending([TaskRef(str(in_a[1].id), in_a[1].attempt)]) == 1
 
     rooms = await db.region_room(timedelta(seconds=30))
 
@@ -839,10 +853,10 @@ async def test_reconcile_reclaims_only_old_attempts_the_region_does_not_hold(
     assert len(claimed) == 3
     held, lost, young = claimed
     # A cutoff before the claims: nothing is old enough to judge.
-    assert await db.reconcile_region("east", [(held.id, held.attempt)],
+    assert await db.reconcile_region("east", [held.ref],
                                      utcnow() - timedelta(seconds=60)) == 0
     # After the claims: only the attempts the region does not list come back.
-    assert await db.reconcile_region("east", [(held.id, held.attempt), (young.id, young.attempt)],
+    assert await db.reconcile_region("east", [held.ref, young.ref],
                                      utcnow() + timedelta(seconds=1)) == 1
     back = await db.get_task(lost.id)
     assert back is not None and back.state == "pending" and back.attempt == lost.attempt + 1
@@ -850,3 +864,52 @@ async def test_reconcile_reclaims_only_old_attempts_the_region_does_not_hold(
     assert kept is not None and kept.state == "dispatched"
     # Another region's attempts are never touched.
     assert await db.reconcile_region("west", [], utcnow() + timedelta(seconds=1)) == 0
+
+
+# ---- held connections: LISTEN and advisory locks -------------------------------------
+
+
+async def test_notifications_reach_the_listener_and_a_probe_does_not_wake_it(
+    db: Database,
+) -> None:
+    woken = asyncio.Event()
+    async with db.listen(woken.set) as listener:
+        await listener.probe(2.0)
+        assert not woken.is_set(), "a probe is not a task"
+        await db.insert_tasks([due_task()])
+        await asyncio.wait_for(woken.wait(), 5)
+
+
+async def _backends(raw: asyncpg.Connection) -> set[int]:
+    rows = await raw.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid()")
+    return {r["pid"] for r in rows}
+
+
+async def test_a_connection_that_held_a_lock_is_closed_not_reused(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    lock = 0x5157A7FF
+    async with db.singleton(lock) as held:
+        assert held is not None and held()
+        (holder,) = await raw.fetch(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = $1", lock)
+        async with db.singleton(lock) as second:
+            assert second is None, "one holder at a time"
+    # The holder's session is gone, and the lock with it: nothing in the pool keeps it.
+    assert holder["pid"] not in await _backends(raw)
+    assert await raw.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    assert await raw.fetchval("SELECT pg_try_advisory_lock($1)", lock) is True
+    await raw.execute("SELECT pg_advisory_unlock($1)", lock)
+
+
+async def test_the_listen_connection_is_closed_after_use(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    async with db.listen(lambda: None) as listener:
+        assert listener.alive()
+        (holder,) = await raw.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %strata_probe_%'")
+    assert holder["pid"] not in await _backends(raw)

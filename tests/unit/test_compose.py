@@ -27,7 +27,7 @@ from strata.common.errors import ConfigError
 from strata.common.settings import MasterSettings, RegionalSettings, WorkerSettings
 from strata.deploy.compose import LINKS_VIA, render
 from strata.deploy.yamlout import dump
-from strata.topologies.topology import TOPOLOGY_DIR, Topology, load, parse
+from strata.topologies.topology import TOPOLOGY_DIR, Topology, env_for, load, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.regions.yml"
@@ -213,7 +213,8 @@ def check(text: str, topology: Topology, via: str | None) -> None:
     assert checked_port(services["master"]) == spec.http_port
     for key, value in topology.settings.items():
         if key in MasterSettings.model_fields:
-            assert services["master"]["environment"][f"STRATA_{key.upper()}"] == str(value)
+            assert services["master"]["environment"][f"STRATA_{key.upper()}"] == \
+                env_for({key: value})[f"STRATA_{key.upper()}"]
 
     for rname, region in regions.items():
         rsvc, wsvc = services[f"region-{rname}"], services[f"worker-{rname}"]
@@ -242,7 +243,10 @@ def check(text: str, topology: Topology, via: str | None) -> None:
             for svc in (rsvc, wsvc):
                 cls = PROCESS_SETTINGS[svc["command"][0]]
                 if key in cls.model_fields and key != "id":
-                    assert svc["environment"][f"STRATA_{key.upper()}"] == str(value)
+                    assert svc["environment"][f"STRATA_{key.upper()}"] == \
+                        env_for({key: value})[f"STRATA_{key.upper()}"]
+        if "python_modules" in topology.settings:
+            assert ws.python_modules == topology.settings["python_modules"]
         links |= {f"{rname}.to_master": rs.master, f"{rname}.from_master": advertised,
                   f"{rname}.workers": ws.region}
 

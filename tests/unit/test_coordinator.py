@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from strata.common.events import TaskRef
 from strata.proto import strata_pb2 as pb
-from strata.regional.coordinator import Coordinator, Ref, WorkerConn, ref_of
+from strata.regional.coordinator import Coordinator, WorkerConn, ref_of
+from strata.regional.lease import Lease
 
 
 def spec(n: int, attempt: int = 1) -> pb.TaskSpec:
@@ -46,7 +48,7 @@ class FakeStream:
         return [task_id for batch in self.assigns for task_id in batch]
 
     @property
-    def cancels(self) -> list[set[Ref]]:
+    def cancels(self) -> list[set[TaskRef]]:
         return [{ref_of(r) for r in m.cancel.tasks} for m in self.messages
                 if m.WhichOneof("body") == "cancel"]
 
@@ -64,13 +66,13 @@ class Region:
         return WorkerConn(id=worker_id, capacity=capacity, health_address="",
                           send=stream.send, close=stream.close)
 
-    def join(self, worker_id: str, capacity: int, still_running: list[Ref] = ()) -> WorkerConn:
+    def join(self, worker_id: str, capacity: int, still_running: list[TaskRef] = ()) -> WorkerConn:
         conn = self.worker(worker_id, capacity)
         self.coordinator.join(conn, still_running)
         return conn
 
 
-def make_region(queue_factor: float = 1.0) -> Region:
+def make_region(queue_factor: float = 1.0, lease: Lease | None = None) -> Region:
     region: Region
 
     def capacity_changed() -> None:
@@ -79,7 +81,7 @@ def make_region(queue_factor: float = 1.0) -> Region:
     def hand_back(tasks: list[pb.TaskSpec], reason: str) -> None:
         region.handed_back.append((ids(tasks), reason))
 
-    region = Region(Coordinator(name="r", queue_factor=queue_factor,
+    region = Region(Coordinator(name="r", queue_factor=queue_factor, lease=lease,
                                 on_capacity_change=capacity_changed, hand_back=hand_back))
     return region
 
@@ -176,7 +178,7 @@ def test_tasks_stay_queued_when_every_worker_is_full(region: Region):
     w1 = region.join("w1", 2)
     region.coordinator.accept(specs(*range(4)))
     assert region.streams["w1"].assigns == [["task-0", "task-1"]]
-    assert set(w1.inflight) == {("task-0", 1), ("task-1", 1)}
+    assert set(w1.inflight) == {TaskRef("task-0", 1), TaskRef("task-1", 1)}
     assert region.coordinator.queued == 2
     assert region.coordinator.assign() == 0
     assert len(region.streams["w1"].messages) == 1
@@ -185,24 +187,24 @@ def test_tasks_stay_queued_when_every_worker_is_full(region: Region):
 def test_finished_frees_slots_and_assigns_queued_tasks(region: Region):
     w1 = region.join("w1", 2)
     region.coordinator.accept(specs(*range(4)))
-    region.coordinator.finished("w1", [("task-0", 1), ("task-1", 1)])
+    region.coordinator.finished("w1", [TaskRef("task-0", 1), TaskRef("task-1", 1)])
     assert region.streams["w1"].assigns == [["task-0", "task-1"], ["task-2", "task-3"]]
-    assert set(w1.inflight) == {("task-2", 1), ("task-3", 1)}
+    assert set(w1.inflight) == {TaskRef("task-2", 1), TaskRef("task-3", 1)}
     assert region.coordinator.queued == 0
 
 
 def test_finished_with_a_wrong_attempt_frees_nothing(region: Region):
     w1 = region.join("w1", 1)
     region.coordinator.accept(specs(0, 1))
-    region.coordinator.finished("w1", [("task-0", 7)])
-    assert set(w1.inflight) == {("task-0", 1)}
+    region.coordinator.finished("w1", [TaskRef("task-0", 7)])
+    assert set(w1.inflight) == {TaskRef("task-0", 1)}
     assert region.coordinator.queued == 1
 
 
 def test_finished_from_an_unknown_worker_is_ignored(region: Region):
     region.join("w1", 1)
     region.coordinator.accept(specs(0, 1))
-    region.coordinator.finished("ghost", [("task-0", 1)])
+    region.coordinator.finished("ghost", [TaskRef("task-0", 1)])
     assert region.coordinator.running == 1
     assert region.coordinator.queued == 1
 
@@ -220,9 +222,10 @@ def test_leave_requeues_in_flight_tasks_at_the_front_in_order(region: Region):
     region.coordinator.leave("w1", "stream closed")
     # w2 is still full: the orphans wait at the front, in their order.
     assert region.coordinator.queued == 5
-    region.coordinator.finished("w2", [("task-1", 1), ("task-3", 1), ("task-5", 1)])
+    region.coordinator.finished(
+        "w2", [TaskRef("task-1", 1), TaskRef("task-3", 1), TaskRef("task-5", 1)])
     assert region.streams["w2"].assigns[-1] == ["task-0", "task-2", "task-4"]
-    assert set(w2.inflight) == {("task-0", 1), ("task-2", 1), ("task-4", 1)}
+    assert set(w2.inflight) == {TaskRef("task-0", 1), TaskRef("task-2", 1), TaskRef("task-4", 1)}
     assert region.coordinator.queued == 2
     assert region.handed_back == []
 
@@ -272,7 +275,7 @@ def test_leave_with_a_stale_conn_is_ignored_after_reconnect(region: Region):
 
     region.coordinator.leave("w1", "old stream ended", conn=old)
     assert region.coordinator.workers() == [new]
-    assert set(new.inflight) == {("task-0", 1)}
+    assert set(new.inflight) == {TaskRef("task-0", 1)}
     assert region.handed_back == []
 
     region.coordinator.leave("w1", "new stream ended", conn=new)
@@ -289,8 +292,8 @@ def test_reconnect_adopts_still_running_refs_from_the_queue():
     region.coordinator.leave("w1", "stream broke")  # 0 and 2 queued, w2 full
     assert region.coordinator.queued == 2
 
-    back = region.join("w1", 2, still_running=[("task-0", 1), ("task-2", 1)])
-    assert set(back.inflight) == {("task-0", 1), ("task-2", 1)}
+    back = region.join("w1", 2, still_running=[TaskRef("task-0", 1), TaskRef("task-2", 1)])
+    assert set(back.inflight) == {TaskRef("task-0", 1), TaskRef("task-2", 1)}
     assert region.streams["w1"].messages == []  # not sent to run a second time
     assert region.coordinator.queued == 0
     assert region.coordinator.running == 4
@@ -302,13 +305,13 @@ def test_reconnect_takes_back_only_the_matching_attempt_from_the_queue():
     region.join("w2", 1)
     region.coordinator.accept(specs(0, 1))  # w1: 0, w2: 1
     region.coordinator.leave("w1", "stream broke")
-    back = region.join("w1", 1, still_running=[("task-0", 99)])
+    back = region.join("w1", 1, still_running=[TaskRef("task-0", 99)])
     # The worker still runs attempt 99, which fills its one slot; the queued attempt 1
     # is a different attempt, so it stays queued rather than overfilling the worker.
-    assert set(back.inflight) == {("task-0", 99)}
+    assert set(back.inflight) == {TaskRef("task-0", 99)}
     assert region.coordinator.queued == 1
     assert region.streams["w1"].assigned == []
-    assert {("task-0", 99), ("task-0", 1)} <= region.coordinator.held()
+    assert {TaskRef("task-0", 99), TaskRef("task-0", 1)} <= region.coordinator.held()
 
 
 def test_rejoin_of_a_live_worker_id_requeues_and_readopts():
@@ -316,10 +319,10 @@ def test_rejoin_of_a_live_worker_id_requeues_and_readopts():
     old = region.join("w1", 2)
     region.coordinator.accept(specs(0, 1))
     old_stream = region.streams["w1"]
-    new = region.join("w1", 2, still_running=[("task-1", 1)])
+    new = region.join("w1", 2, still_running=[TaskRef("task-1", 1)])
     assert old_stream.closed == 1
     assert old.inflight == {}
-    assert set(new.inflight) == {("task-0", 1), ("task-1", 1)}
+    assert set(new.inflight) == {TaskRef("task-0", 1), TaskRef("task-1", 1)}
     assert region.streams["w1"].assigned == ["task-0"]
 
 
@@ -360,13 +363,14 @@ def test_cancel_drops_queued_and_asks_the_worker_to_stop_running(region: Region)
     region.join("w1", 1)
     region.join("w2", 1)
     region.coordinator.accept(specs(0, 1, 2, 3))  # w1: 0, w2: 1, queued: 2 3
-    count = region.coordinator.cancel([("task-0", 1), ("task-2", 1), ("unknown", 1)])
+    count = region.coordinator.cancel(
+        [TaskRef("task-0", 1), TaskRef("task-2", 1), TaskRef("unknown", 1)])
     assert count == 2
-    assert region.streams["w1"].cancels == [{("task-0", 1)}]
+    assert region.streams["w1"].cancels == [{TaskRef("task-0", 1)}]
     assert region.streams["w2"].cancels == []
     assert region.coordinator.queued == 1
     # The worker's slot frees only when it reports the result.
-    region.coordinator.finished("w1", [("task-0", 1)])
+    region.coordinator.finished("w1", [TaskRef("task-0", 1)])
     assert region.streams["w1"].assigned == ["task-0", "task-3"]
 
 
@@ -393,7 +397,7 @@ def test_drain_with_in_flight_tasks_assigns_nothing_more(region: Region):
     region.join("w1", 2)
     region.coordinator.accept(specs(0, 1, 2))
     region.coordinator.drain("w1")
-    region.coordinator.finished("w1", [("task-0", 1)])
+    region.coordinator.finished("w1", [TaskRef("task-0", 1)])
     assert region.streams["w1"].assigned == ["task-0", "task-1"]
     assert region.coordinator.queued == 1
 
@@ -423,8 +427,8 @@ def test_a_disconnected_worker_keeps_its_tasks_but_gets_nothing_new():
     region.join("w2", 2)
     region.coordinator.accept(specs(0, 1))  # w1: 0, w2: 1
     region.coordinator.disconnect("w1", "stream closed", conn=w1)
-    assert set(w1.inflight) == {("task-0", 1)}
-    assert ("task-0", 1) in region.coordinator.held()
+    assert set(w1.inflight) == {TaskRef("task-0", 1)}
+    assert TaskRef("task-0", 1) in region.coordinator.held()
     assert region.coordinator.capacity == 2
     assert [w.id for w in region.coordinator.workers()] == ["w2"]
     region.coordinator.accept(specs(2))
@@ -437,8 +441,8 @@ def test_a_reconnecting_worker_gets_back_what_it_still_holds_without_a_rerun():
     region.coordinator.accept(specs(0, 1))
     region.coordinator.disconnect("w1", "stream closed", conn=w1)
     # task-0 still runs; task-1 finished and its result waits to be sent.
-    back = region.join("w1", 2, still_running=[("task-0", 1), ("task-1", 1)])
-    assert set(back.inflight) == {("task-0", 1), ("task-1", 1)}
+    back = region.join("w1", 2, still_running=[TaskRef("task-0", 1), TaskRef("task-1", 1)])
+    assert set(back.inflight) == {TaskRef("task-0", 1), TaskRef("task-1", 1)}
     assert region.coordinator.queued == 0
     assert region.streams["w1"].assigned == []  # nothing sent twice
 
@@ -459,13 +463,13 @@ def test_a_replayed_result_is_recognised_and_memory_stays_bounded(monkeypatch):
 
     monkeypatch.setattr(coordinator_module, "REMEMBERED_RESULTS", 3)
     region = make_region()
-    assert region.coordinator.first_result(("task-0", 1)) is True
-    assert region.coordinator.first_result(("task-0", 1)) is False
-    assert region.coordinator.first_result(("task-0", 2)) is True  # another attempt
+    assert region.coordinator.first_result(TaskRef("task-0", 1)) is True
+    assert region.coordinator.first_result(TaskRef("task-0", 1)) is False
+    assert region.coordinator.first_result(TaskRef("task-0", 2)) is True  # another attempt
     for n in (1, 2, 3):
         region.coordinator.first_result((f"task-{n}", 1))
     # The oldest is forgotten once more than the bound are remembered.
-    assert region.coordinator.first_result(("task-0", 1)) is True
+    assert region.coordinator.first_result(TaskRef("task-0", 1)) is True
 
 
 def test_forget_drops_only_the_reclaimed_attempts():
@@ -473,13 +477,13 @@ def test_forget_drops_only_the_reclaimed_attempts():
     region.join("w1", 1)
     accepted, _ = region.coordinator.accept(specs(0, 1, 2))
     assert len(accepted) == 3  # w1 runs task-0; task-1, task-2 queued
-    reclaimed = {("task-0", 1), ("task-1", 1)}
+    reclaimed = {TaskRef("task-0", 1), TaskRef("task-1", 1)}
     assert region.coordinator.forget(reclaimed) == 2
     # task-0 is stopped on the worker; its slot stays taken until the worker says so.
-    assert region.streams["w1"].cancels == [{("task-0", 1)}]
+    assert region.streams["w1"].cancels == [{TaskRef("task-0", 1)}]
     assert region.streams["w1"].assigned == ["task-0"]
-    assert region.coordinator.held() == {("task-2", 1)}
-    region.coordinator.finished("w1", [("task-0", 1)])  # the worker's RETURNED
+    assert region.coordinator.held() == {TaskRef("task-2", 1)}
+    region.coordinator.finished("w1", [TaskRef("task-0", 1)])  # the worker's RETURNED
     # task-2 (delivered after the master took us back) stays ours and now runs.
     assert region.streams["w1"].assigned == ["task-0", "task-2"]
 
@@ -488,8 +492,55 @@ def test_a_cancelled_attempt_keeps_its_slot_until_the_worker_returns_it():
     region = make_region()
     w1 = region.join("w1", 1)
     region.coordinator.accept(specs(0, 1))  # task-0 runs, task-1 queued
-    region.coordinator.cancel([("task-0", 1)])
+    region.coordinator.cancel([TaskRef("task-0", 1)])
     assert w1.free == 0  # still running on the worker until it says otherwise
     assert region.streams["w1"].assigned == ["task-0"]
-    region.coordinator.finished("w1", [("task-0", 1)])  # the worker's RETURNED
+    region.coordinator.finished("w1", [TaskRef("task-0", 1)])  # the worker's RETURNED
     assert region.streams["w1"].assigned == ["task-0", "task-1"]
+
+
+# ---- leases --------------------------------------------------------------------------
+
+
+def leased(n: int, expires_in_s: float) -> pb.TaskSpec:
+    return pb.TaskSpec(id=f"task-{n}", attempt=1, kind="noop", payload_json="{}",
+                       lease_expires_at=time.time() + expires_in_s)
+
+
+def test_an_attempt_whose_own_lease_passed_is_handed_back_not_started():
+    region = make_region(lease=Lease(lease_s=60))
+    region.join("w1", 2)
+    region.coordinator.accept([leased(0, -1), leased(1, 60)])
+    assert region.streams["w1"].assigned == ["task-1"]
+    assert region.handed_back == [(["task-0"], "its lease expired before it could start")]
+    assert TaskRef("task-0", 1) not in region.coordinator.held()
+
+
+@pytest.mark.parametrize("beat_answered", [True, False])
+def test_a_heartbeat_answered_after_acceptance_renews_an_attempts_lease(beat_answered: bool):
+    lease = Lease(lease_s=60)
+    region = make_region(lease=lease)
+    region.join("w1", 1)
+    region.coordinator.accept([leased(5, 60), leased(0, -1)])  # task-0 waits in the queue
+    assert region.streams["w1"].assigned == ["task-5"]
+    if beat_answered:
+        lease.renew(beat_taken=time.monotonic())  # a beat listing it, answered
+    region.coordinator.finished("w1", [TaskRef("task-5", 1)])
+    if beat_answered:
+        assert region.streams["w1"].assigned == ["task-5", "task-0"]
+        assert region.handed_back == []
+    else:
+        assert region.streams["w1"].assigned == ["task-5"]
+        assert region.handed_back == [(["task-0"], "its lease expired before it could start")]
+
+
+def test_nothing_starts_while_the_regions_own_lease_has_lapsed():
+    lease = Lease(lease_s=0.0)  # lapsed at once: the master has not answered
+    region = make_region(lease=lease)
+    region.join("w1", 1)
+    region.coordinator.accept([leased(0, 60)])
+    assert region.streams["w1"].assigned == []
+    lease.lease_s = 60
+    lease.renew()
+    region.coordinator.assign()
+    assert region.streams["w1"].assigned == ["task-0"]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
+from strata.common.errors import InvalidInput
+from strata.common.events import TaskRef
 from strata.master.service import split_events
 from strata.proto import strata_pb2 as pb
 
@@ -22,25 +26,25 @@ def at(seconds: float) -> datetime:
 
 def test_started_alone_is_kept():
     task = uuid.uuid4()
-    report = split_events([event(task, pb.EVENT_TYPE_STARTED, attempt=3, started_at=T0)])
+    report = split_events("r", [event(task, pb.EVENT_TYPE_STARTED, attempt=3, started_at=T0)])
     assert report.finished == []
     assert report.returned == []
     [started] = report.started
-    assert (started.id, started.attempt, started.worker_id) == (task, 3, "w-1")
+    assert (started.id, started.attempt, started.worker_id) == (str(task), 3, "w-1")
     assert started.started_at == at(T0)
     assert started.started_at.tzinfo is not None
 
 
 def test_started_and_finished_in_one_batch_keep_only_the_result():
     task = uuid.uuid4()
-    report = split_events([
+    report = split_events("r", [
         event(task, pb.EVENT_TYPE_STARTED, started_at=T0),
         event(task, pb.EVENT_TYPE_SUCCEEDED, started_at=T0, finished_at=T0 + 2,
               has_exit_code=True, exit_code=0, output="hello"),
     ])
     assert report.started == []
     [finished] = report.finished
-    assert finished.id == task
+    assert finished.id == str(task)
     assert finished.ok is True
     assert finished.started_at == at(T0)
     assert finished.finished_at == at(T0 + 2)
@@ -51,51 +55,51 @@ def test_started_and_finished_in_one_batch_keep_only_the_result():
 
 def test_a_started_of_another_attempt_is_not_suppressed():
     task = uuid.uuid4()
-    report = split_events([
+    report = split_events("r", [
         event(task, pb.EVENT_TYPE_FAILED, attempt=1, started_at=T0, finished_at=T0 + 1),
         event(task, pb.EVENT_TYPE_STARTED, attempt=2, started_at=T0 + 5),
     ])
-    assert [(s.id, s.attempt) for s in report.started] == [(task, 2)]
-    assert [(f.id, f.attempt) for f in report.finished] == [(task, 1)]
+    assert [(s.id, s.attempt) for s in report.started] == [(str(task), 2)]
+    assert [(f.id, f.attempt) for f in report.finished] == [(str(task), 1)]
 
 
 def test_events_of_several_tasks_are_sorted_apart():
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    report = split_events([
+    report = split_events("r", [
         event(a, pb.EVENT_TYPE_STARTED, started_at=T0),
         event(b, pb.EVENT_TYPE_STARTED, started_at=T0),
         event(c, pb.EVENT_TYPE_RETURNED),
         event(b, pb.EVENT_TYPE_SUCCEEDED, started_at=T0, finished_at=T0 + 1),
     ])
-    assert [s.id for s in report.started] == [a]
-    assert [f.id for f in report.finished] == [b]
-    assert report.returned == [(c, 1)]
+    assert [s.id for s in report.started] == [str(a)]
+    assert [f.id for f in report.finished] == [str(b)]
+    assert report.returned == [TaskRef(str(c), 1)]
 
 
 def test_returned_suppresses_the_started_of_the_same_attempt():
     task = uuid.uuid4()
-    report = split_events([
+    report = split_events("r", [
         event(task, pb.EVENT_TYPE_STARTED, attempt=2, started_at=T0),
         event(task, pb.EVENT_TYPE_RETURNED, attempt=2),
     ])
-    assert report.returned == [(task, 2)]
+    assert report.returned == [TaskRef(str(task), 2)]
     assert report.started == []
     assert report.finished == []
 
 
 def test_returned_keeps_the_started_of_another_attempt():
     task = uuid.uuid4()
-    report = split_events([
+    report = split_events("r", [
         event(task, pb.EVENT_TYPE_RETURNED, attempt=1),
         event(task, pb.EVENT_TYPE_STARTED, attempt=2, started_at=T0),
     ])
-    assert report.returned == [(task, 1)]
-    assert [(s.id, s.attempt) for s in report.started] == [(task, 2)]
+    assert report.returned == [TaskRef(str(task), 1)]
+    assert [(s.id, s.attempt) for s in report.started] == [(str(task), 2)]
 
 
 def test_failed_with_an_exit_code():
     task = uuid.uuid4()
-    [finished] = split_events([
+    [finished] = split_events("r", [
         event(task, pb.EVENT_TYPE_FAILED, started_at=T0, finished_at=T0 + 1,
               has_exit_code=True, exit_code=3, output="partial", error="exit status 3"),
     ]).finished
@@ -107,7 +111,7 @@ def test_failed_with_an_exit_code():
 
 def test_failed_without_an_exit_code():
     task = uuid.uuid4()
-    [finished] = split_events([
+    [finished] = split_events("r", [
         event(task, pb.EVENT_TYPE_FAILED, started_at=T0, finished_at=T0 + 1,
               has_exit_code=False, exit_code=7, error="timed out"),
     ]).finished
@@ -118,7 +122,7 @@ def test_failed_without_an_exit_code():
 
 
 def test_exit_code_zero_is_kept_when_present():
-    [finished] = split_events([
+    [finished] = split_events("r", [
         event(uuid.uuid4(), pb.EVENT_TYPE_FAILED, finished_at=T0, has_exit_code=True,
               exit_code=0, error="http 500"),
     ]).finished
@@ -129,7 +133,7 @@ def test_exit_code_zero_is_kept_when_present():
 def test_missing_times_fall_back_to_now():
     before = datetime.now(UTC)
     task = uuid.uuid4()
-    report = split_events([
+    report = split_events("r", [
         event(task, pb.EVENT_TYPE_STARTED),
         event(uuid.uuid4(), pb.EVENT_TYPE_SUCCEEDED),
     ])
@@ -139,14 +143,20 @@ def test_missing_times_fall_back_to_now():
 
 
 def test_unspecified_events_are_dropped():
-    report = split_events([event(uuid.uuid4(), pb.EVENT_TYPE_UNSPECIFIED)])
+    report = split_events("r", [event(uuid.uuid4(), pb.EVENT_TYPE_UNSPECIFIED)])
     assert (report.started, report.finished, report.returned) == ([], [], [])
 
 
 def test_nul_in_output_is_replaced_so_the_batch_can_be_stored() -> None:
-    report = split_events([
+    report = split_events("r", [
         pb.TaskEvent(task_id=str(uuid.uuid4()), attempt=1, type=pb.EVENT_TYPE_FAILED,
                      output="a\x00b", error="bad\x00", finished_at=1.0)
     ])
     (result,) = report.finished
     assert result.output == "a\ufffdb" and result.error == "bad\ufffd"
+
+
+def test_a_malformed_task_id_is_invalid_input():
+    with pytest.raises(InvalidInput, match="not a task id"):
+        split_events("r", [pb.TaskEvent(task_id="not-a-uuid", attempt=1,
+                                        type=pb.EVENT_TYPE_STARTED)])

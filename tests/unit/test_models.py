@@ -246,7 +246,7 @@ def test_batch_error_names_the_index_and_the_field():
 
 
 def test_task_to_json():
-    task_id = uuid.uuid4()
+    task_id, retried = uuid.uuid4(), uuid.uuid4()
     plus_two = timezone(timedelta(hours=2))
     task = Task(
         id=task_id, kind="shell", payload={"command": "true"}, state=TaskState.RUNNING,
@@ -254,7 +254,8 @@ def test_task_to_json():
         assigned_region="eu-west", worker_id="w-1", attempt=2, max_attempts=3, timeout_s=9.5,
         created_at=datetime(2030, 1, 1, 14, tzinfo=plus_two), picked_at=None,
         started_at=datetime(2030, 1, 1, 12, 0, 1, tzinfo=UTC), finished_at=None,
-        result=TaskResult(exit_code=None, output=None, error=None),
+        result=TaskResult(exit_code=None, output="tail", error=None, output_truncated=True),
+        retry_of=retried,
     )
     assert task.to_json() == {
         "id": str(task_id),
@@ -273,7 +274,9 @@ def test_task_to_json():
         "picked_at": None,
         "started_at": "2030-01-01T12:00:01Z",
         "finished_at": None,
-        "result": {"exit_code": None, "output": None, "error": None},
+        "result": {"exit_code": None, "output": "tail", "stderr": None, "error": None,
+                   "output_truncated": True, "stderr_truncated": False},
+        "retry_of": str(retried),
     }
 
 
@@ -287,7 +290,8 @@ def test_task_to_json_region_falls_back_to_the_pinned_one():
     )
     data = task.to_json()
     assert data["region"] == data["pinned_region"] == "us-east"
-    assert data["result"] == {"exit_code": 1, "output": "out", "error": "boom"}
+    assert data["result"] == {"exit_code": 1, "output": "out", "stderr": None, "error": "boom",
+                              "output_truncated": False, "stderr_truncated": False}
 
 
 def test_terminal_states():

@@ -1,0 +1,71 @@
+"""What travels back up the tree about an attempt, as every tier names it.
+
+A ``TaskRef`` names one attempt of one task: the task's id and its ``attempt``, the
+fencing token. ``Started`` and ``Finished`` are the events a worker reports about an
+attempt; the master writes them only while the attempt still matches the row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from strata.common.errors import InvalidInput
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """One attempt of one task. ``id`` is the task's id in its canonical text form."""
+
+    id: str
+    attempt: int
+
+    @classmethod
+    def parse(cls, task_id: str, attempt: int) -> TaskRef:
+        """From the wire: the id must be a UUID (raises InvalidInput)."""
+        try:
+            canonical = str(uuid.UUID(task_id))
+        except ValueError:
+            raise InvalidInput(f"not a task id: {task_id!r}") from None
+        return cls(canonical, attempt)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started:
+    id: str
+    attempt: int
+    worker_id: str
+    started_at: datetime
+
+    @property
+    def ref(self) -> TaskRef:
+        return TaskRef(self.id, self.attempt)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finished:
+    id: str
+    attempt: int
+    ok: bool
+    worker_id: str
+    started_at: datetime | None
+    finished_at: datetime
+    exit_code: int | None
+    output: str | None
+    error: str | None
+
+    @property
+    def ref(self) -> TaskRef:
+        return TaskRef(self.id, self.attempt)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """A region's batch of events, parsed: what started, what finished, and what was
+    handed back unfinished (to run again)."""
+
+    region: str
+    started: list[Started]
+    finished: list[Finished]
+    returned: list[TaskRef]
