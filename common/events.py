@@ -54,6 +54,9 @@ class Finished:
     exit_code: int | None
     output: str | None
     error: str | None
+    stderr: str | None = None
+    output_truncated: bool = False
+    stderr_truncated: bool = False
 
     @property
     def ref(self) -> TaskRef:

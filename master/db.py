@@ -348,6 +348,8 @@ class Database:
                     [e.exit_code for e in finished], [e.output for e in finished],
                     [e.error for e in finished],
                     backoff_base.total_seconds(), backoff_max.total_seconds(),
+                    [e.stderr for e in finished], [e.output_truncated for e in finished],
+                    [e.stderr_truncated for e in finished],
                 )
                 stale.extend(TaskRef(str(r["id"]), r["attempt"]) for r in rows)
             if stale:

@@ -76,7 +76,8 @@ def split_events(region: str, events: list[pb.TaskEvent]) -> Report:
                 started_at=from_unix(e.started_at),
                 finished_at=from_unix(e.finished_at) or utcnow(),
                 exit_code=e.exit_code if e.has_exit_code else None,
-                output=_text(e.output), error=_text(e.error),
+                output=_text(e.output), error=_text(e.error), stderr=_text(e.stderr),
+                output_truncated=e.output_truncated, stderr_truncated=e.stderr_truncated,
             )
         elif e.type == pb.EVENT_TYPE_RETURNED:
             returned.append(ref)

@@ -79,8 +79,10 @@ SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.
 -- rows come back only for stale events (attempt no longer owned).
 WITH e AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::text[], $5::timestamptz[],
-                         $6::timestamptz[], $7::int[], $8::text[], $9::text[])
-        AS e(id, attempt, ok, worker_id, started_at, finished_at, exit_code, output, error)
+                         $6::timestamptz[], $7::int[], $8::text[], $9::text[], $12::text[],
+                         $13::bool[], $14::bool[])
+        AS e(id, attempt, ok, worker_id, started_at, finished_at, exit_code, output, error,
+             stderr, output_truncated, stderr_truncated)
 ), updated AS (
     UPDATE tasks AS t
     SET state = CASE
@@ -102,7 +104,10 @@ WITH e AS (
         worker_id = e.worker_id,
         exit_code = e.exit_code,
         output = e.output,
-        error = e.error
+        error = e.error,
+        stderr = e.stderr,
+        output_truncated = e.output_truncated,
+        stderr_truncated = e.stderr_truncated
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
     RETURNING t.id

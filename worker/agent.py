@@ -238,7 +238,9 @@ class Agent:
             type=pb.EVENT_TYPE_SUCCEEDED if outcome.ok else pb.EVENT_TYPE_FAILED,
             worker_id=self.id, started_at=started_at, finished_at=time.time(),
             has_exit_code=outcome.exit_code is not None, exit_code=outcome.exit_code or 0,
-            output=outcome.output, error=outcome.error or "",
+            output=outcome.output, error=outcome.error or "", stderr=outcome.stderr,
+            output_truncated=outcome.output_truncated,
+            stderr_truncated=outcome.stderr_truncated,
         )
         pending_started = self._unsent_started.pop(ref, None)
         if pending_started is not None:

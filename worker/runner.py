@@ -44,6 +44,9 @@ class Outcome:
     exit_code: int | None
     output: str
     error: str | None
+    stderr: str = ""
+    output_truncated: bool = False
+    stderr_truncated: bool = False
 
 
 class _Tail:
@@ -52,12 +55,14 @@ class _Tail:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._buffer = bytearray()
+        self.truncated = False  # bytes were dropped from the head
 
     def add(self, data: bytes) -> None:
         self._buffer += data
         excess = len(self._buffer) - self._limit
         if excess > 0:
             del self._buffer[:excess]
+            self.truncated = True
 
     def add_text(self, text: str) -> None:
         self.add(text.encode("utf-8", errors="replace"))
@@ -98,38 +103,38 @@ class Runner:
             )
             return _failed(f"invalid {kind} payload: {_one_line(exc)}")
 
-        tail = _Tail(self._output_limit)
+        out = _Output(_Tail(self._output_limit), _Tail(self._output_limit))
         deadline = asyncio.timeout(timeout_s if timeout_s > 0 else None)
         try:
             async with deadline:
-                return await self._run_kind(payload, tail)
+                return await self._run_kind(payload, out)
         except TimeoutError as exc:
             if not deadline.expired():  # raised by the task itself, not our deadline
-                return _crashed(kind, exc, tail)
+                return _crashed(kind, exc, out)
             logger.info(
                 "%s task timed out after %ss", kind, timeout_s,
                 extra={"action": "task_timed_out", "kind": kind},
             )
-            return _failed(f"timed out after {timeout_s}s", output=tail.text())
+            return out.outcome(ok=False, exit_code=None, error=f"timed out after {timeout_s}s")
         except asyncio.CancelledError:
             logger.info("%s task cancelled", kind, extra={"action": "task_cancelled", "kind": kind})
             raise
         except Exception as exc:
-            return _crashed(kind, exc, tail)
+            return _crashed(kind, exc, out)
 
     async def close(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
 
-    async def _run_kind(self, payload: Payload, tail: _Tail) -> Outcome:
+    async def _run_kind(self, payload: Payload, out: _Output) -> Outcome:
         match payload:
             case ShellPayload():
-                return await self._run_shell(payload, tail)
+                return await self._run_shell(payload, out)
             case HttpPayload():
-                return await self._run_http(payload, tail)
+                return await self._run_http(payload, out.stdout)
             case PythonPayload():
-                return await self._run_python(payload, tail)
+                return await self._run_python(payload, out)
             case SleepPayload():
                 await asyncio.sleep(payload.seconds)
                 return Outcome(ok=True, exit_code=None, output="", error=None)
@@ -137,21 +142,20 @@ class Runner:
                 return Outcome(ok=True, exit_code=None, output="", error=None)
         raise TypeError(f"no runner for {type(payload).__name__}")
 
-    async def _run_shell(self, payload: ShellPayload, tail: _Tail) -> Outcome:
-        process = await _spawn_shell(payload.command, tail)
-        assert process.stdout is not None
+    async def _run_shell(self, payload: ShellPayload, out: _Output) -> Outcome:
+        process = await _spawn_shell(payload.command, out)
         try:
-            await tail.read_from(process.stdout)
+            await out.read_from(process)
             code = await process.wait()
         except BaseException:
             # Timed out or cancelled: kill the whole group, children that outlived the
-            # shell and still hold the pipe included.
-            await _kill_group(process, tail)
+            # shell and still hold the pipes included.
+            await _kill_group(process, out)
             raise
         if code == 0:
-            return Outcome(ok=True, exit_code=0, output=tail.text(), error=None)
+            return out.outcome(ok=True, exit_code=0, error=None)
         reason = f"exited with code {code}" if code > 0 else f"killed by signal {-code}"
-        return Outcome(ok=False, exit_code=code, output=tail.text(), error=reason)
+        return out.outcome(ok=False, exit_code=code, error=reason)
 
     async def _run_http(self, payload: HttpPayload, tail: _Tail) -> Outcome:
         if self._session is None:
@@ -169,9 +173,10 @@ class Runner:
         status = response.status
         ok = 200 <= status < 300
         error = None if ok else f"HTTP {status} {response.reason or ''}".rstrip()
-        return Outcome(ok=ok, exit_code=status, output=tail.text(), error=error)
+        return Outcome(ok=ok, exit_code=status, output=tail.text(), error=error,
+                       output_truncated=tail.truncated)
 
-    async def _run_python(self, payload: PythonPayload, tail: _Tail) -> Outcome:
+    async def _run_python(self, payload: PythonPayload, out: _Output) -> Outcome:
         module_name, _, function_name = payload.handler.partition(":")
         if not any(
             module_name == allowed or module_name.startswith(allowed + ".")
@@ -199,20 +204,40 @@ class Runner:
                 # A sync handler runs in a thread. A thread cannot be killed: when its
                 # task times out or is cancelled, the handler runs on to its end.
                 value = await asyncio.to_thread(function, *args, **kwargs)
-            tail.add_text(json.dumps(value, default=str))
+            out.stdout.add_text(json.dumps(value, default=str))
         except Exception as exc:
-            tail.add_text(traceback.format_exc())
-            return _failed(f"{type(exc).__name__}: {exc}", output=tail.text())
-        return Outcome(ok=True, exit_code=None, output=tail.text(), error=None)
+            out.stderr.add_text(traceback.format_exc())
+            return out.outcome(ok=False, exit_code=None, error=f"{type(exc).__name__}: {exc}")
+        return out.outcome(ok=True, exit_code=None, error=None)
 
 
-async def _spawn_shell(command: str, tail: _Tail) -> asyncio.subprocess.Process:
+class _Output:
+    """A task's two streams, each kept to its tail."""
+
+    def __init__(self, stdout: _Tail, stderr: _Tail) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+
+    async def read_from(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None and process.stderr is not None
+        await asyncio.gather(self.stdout.read_from(process.stdout),
+                             self.stderr.read_from(process.stderr))
+
+    def outcome(self, *, ok: bool, exit_code: int | None, error: str | None) -> Outcome:
+        return Outcome(
+            ok=ok, exit_code=exit_code, error=error,
+            output=self.stdout.text(), output_truncated=self.stdout.truncated,
+            stderr=self.stderr.text(), stderr_truncated=self.stderr.truncated,
+        )
+
+
+async def _spawn_shell(command: str, out: _Output) -> asyncio.subprocess.Process:
     spawning = asyncio.create_task(
         asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group, so one kill reaches every child
         ),
         name="spawn_shell",
@@ -224,19 +249,19 @@ async def _spawn_shell(command: str, tail: _Tail) -> asyncio.subprocess.Process:
         # kill the shell alone: finish the spawn so that its whole group can be killed.
         await asyncio.wait([spawning])
         if spawning.exception() is None:
-            await _kill_group(spawning.result(), tail)
+            await _kill_group(spawning.result(), out)
         raise
 
 
-async def _kill_group(process: asyncio.subprocess.Process, tail: _Tail) -> None:
+async def _kill_group(process: asyncio.subprocess.Process, out: _Output) -> None:
     with contextlib.suppress(ProcessLookupError):  # the group may be gone already
         os.killpg(process.pid, signal.SIGKILL)
-    # asyncio reports the exit only once the pipe is closed, so drain it before waiting;
-    # a grandchild that left the group could hold it open forever, hence the grace.
+    # asyncio reports the exit only once the pipes are closed, so drain them before
+    # waiting; a grandchild that left the group could hold one open forever, hence the
+    # grace.
     try:
         async with asyncio.timeout(REAP_GRACE_S):
-            if process.stdout is not None:
-                await tail.read_from(process.stdout)
+            await out.read_from(process)
             await process.wait()
     except TimeoutError:
         logger.warning(
@@ -249,12 +274,12 @@ def _failed(error: str, *, output: str = "") -> Outcome:
     return Outcome(ok=False, exit_code=None, output=output, error=error)
 
 
-def _crashed(kind: str, exc: Exception, tail: _Tail) -> Outcome:
+def _crashed(kind: str, exc: Exception, out: _Output) -> Outcome:
     logger.error(
         "%s task failed in the runner", kind,
         exc_info=exc, extra={"action": "task_runner_failed", "kind": kind},
     )
-    return _failed(f"{type(exc).__name__}: {exc}", output=tail.text())
+    return out.outcome(ok=False, exit_code=None, error=f"{type(exc).__name__}: {exc}")
 
 
 def _one_line(exc: Exception) -> str:

@@ -47,7 +47,9 @@ async def test_failed_command_ends_failed_with_exit_code(cluster: Cluster) -> No
         task = await c.wait(created["id"], timeout_s=20)
         assert task["state"] == "failed"
         assert task["result"]["exit_code"] == 7
-        assert "oops" in task["result"]["output"]
+        assert task["result"]["stderr"] == "oops\n"
+        assert task["result"]["output"] is None
+        assert task["result"]["error"] == "exited with code 7"
         status = await c.request("GET", "/status/", params={"task_id": created["id"]})
         assert "failed_at" in status and "completed_at" not in status
 

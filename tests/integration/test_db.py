@@ -913,3 +913,18 @@ async def test_the_listen_connection_is_closed_after_use(
         (holder,) = await raw.fetch(
             "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %strata_probe_%'")
     assert holder["pid"] not in await _backends(raw)
+
+
+async def test_a_result_keeps_stdout_stderr_and_their_cut_marks(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+    now = utcnow()
+    done = Finished(id=str(claimed.id), attempt=claimed.attempt, ok=False, worker_id="w",
+                    started_at=now, finished_at=now, exit_code=2, output="out tail",
+                    error="exited with code 2", stderr="err", output_truncated=True)
+    assert await apply(db, done=[done]) == []
+    stored = await db.get_task(task.id)
+    assert stored is not None
+    assert (stored.result.output, stored.result.stderr) == ("out tail", "err")
+    assert (stored.result.output_truncated, stored.result.stderr_truncated) == (True, False)

@@ -113,9 +113,17 @@ async def read_line_from_fifo(path: Path) -> str:
 # shell
 
 
-async def test_shell_success_keeps_stdout_and_stderr(runner: Runner) -> None:
-    outcome = await runner.run("shell", shell("echo out; echo err >&2"), 10)
-    assert outcome == Outcome(ok=True, exit_code=0, output="out\nerr\n", error=None)
+async def test_shell_success_keeps_stdout_and_stderr_apart(runner: Runner) -> None:
+    outcome = await runner.run("shell", shell("echo out; echo err >&2; echo more"), 10)
+    assert outcome == Outcome(ok=True, exit_code=0, output="out\nmore\n", stderr="err\n",
+                              error=None)
+
+
+async def test_each_stream_keeps_its_own_tail_and_says_it_was_cut(runner: Runner) -> None:
+    command = "head -c 5000 /dev/zero | tr '\\0' e >&2; printf short"
+    outcome = await runner.run("shell", shell(command), 10)
+    assert (outcome.output, outcome.output_truncated) == ("short", False)
+    assert (outcome.stderr, outcome.stderr_truncated) == ("e" * LIMIT, True)
 
 
 async def test_shell_nonzero_exit(runner: Runner) -> None:
@@ -133,6 +141,7 @@ async def test_shell_output_keeps_the_tail(runner: Runner) -> None:
     outcome = await runner.run("shell", shell(command), 10)
     assert outcome.ok
     assert outcome.output == "a" * (LIMIT - 3) + "END"
+    assert outcome.output_truncated
 
 
 async def test_shell_output_tail_stays_within_limit_in_utf8_bytes() -> None:
@@ -289,8 +298,9 @@ async def test_python_missing_function(runner: Runner) -> None:
 async def test_python_raising_handler(runner: Runner) -> None:
     outcome = await runner.run("python", python(f"{HANDLERS}:fail", ["boom"]), 10)
     assert (outcome.ok, outcome.error) == (False, "ValueError: boom")
-    assert outcome.output.startswith("Traceback")
-    assert outcome.output.endswith("ValueError: boom\n")
+    assert outcome.output == ""
+    assert outcome.stderr.startswith("Traceback")
+    assert outcome.stderr.endswith("ValueError: boom\n")
 
 
 async def test_python_handler_raising_timeout_error_is_not_a_timeout(runner: Runner) -> None:
