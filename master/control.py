@@ -127,9 +127,14 @@ class Control:
         if address is None:
             return
         try:
-            await self._regions.stub(region, address).Cancel(
+            reply = await self._regions.stub(region, address).Cancel(
                 pb.CancelRequest(tasks=[pb.TaskRef(task_id=str(task_id), attempt=attempt)]),
                 timeout=CANCEL_TIMEOUT_S,
+            )
+            logger.info(
+                "asked %s to stop %s: %s", region, task_id,
+                "stopping it" if reply.cancelled else "it no longer held it",
+                extra={"action": "cancel_propagated", "region": region},
             )
         except grpc.aio.AioRpcError as exc:
             logger.warning(

@@ -87,6 +87,8 @@ class MasterLink:
             lambda: self._stub.Report(request, timeout=CALL_TIMEOUT_S)
         )
         self._lease.renew()
+        logger.debug("master applied %d of %d events", reply.applied, len(events),
+                     extra={"action": "reported", "region": self._settings.name})
         return [TaskRef(r.task_id, r.attempt) for r in reply.stale]
 
     async def hand_back(self, specs: Sequence[pb.TaskSpec], reason: str) -> None:
@@ -95,8 +97,14 @@ class MasterLink:
             tasks=[pb.TaskRef(task_id=s.id, attempt=s.attempt) for s in specs],
             reason=reason,
         )
-        await self.breaker.call(lambda: self._stub.HandBack(request, timeout=CALL_TIMEOUT_S))
+        reply = await self.breaker.call(
+            lambda: self._stub.HandBack(request, timeout=CALL_TIMEOUT_S))
         self._lease.renew()
+        # Fewer back than sent: the rest were no longer ours (reclaimed, cancelled).
+        logger.info(
+            "master took back %d of %d tasks (%s)", reply.returned, len(specs), reason,
+            extra={"action": "hand_back_done", "region": self._settings.name},
+        )
 
     async def close(self) -> None:
         await self._channel.close(None)
