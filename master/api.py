@@ -171,13 +171,14 @@ class Api:
     async def create_task(self, request: web.Request) -> web.Response:
         _query(request)
         task = parse_new_task(await _json_body(request))
-        stored = await self._control.create([task])
-        return web.json_response(stored[0].to_json(), status=201)
+        stored = await self._control.create_one(task)
+        return web.json_response(stored.to_json(), status=201)
 
     async def create_batch(self, request: web.Request) -> web.Response:
         _query(request)
-        created = await self._control.create(parse_batch(await _json_body(request)))
-        return web.json_response({"ids": [str(t.id) for t in created]}, status=201)
+        tasks = parse_batch(await _json_body(request))
+        await self._control.create(tasks)
+        return web.json_response({"ids": [str(t.id) for t in tasks]}, status=201)
 
     async def get_task(self, request: web.Request) -> web.Response:
         _query(request)
@@ -274,7 +275,7 @@ class Api:
         task = parse_new_task(
             {"kind": "shell", "command": command, "run_at": scheduled_at.isoformat()}
         )
-        (created,) = await self._control.create([task])
+        created = await self._control.create_one(task)
         ts = created.run_at.timestamp()
         return web.json_response(
             {

@@ -29,7 +29,7 @@ class Control:
         self._regions = regions
         self._settings = settings
 
-    async def create(self, tasks: Sequence[NewTask]) -> list[Task]:
+    async def create(self, tasks: Sequence[NewTask]) -> datetime:
         """The one way tasks are created (single, batch, /schedule, retry): one INSERT
         that returns what the database chose, nothing read back. A task pinned to a
         region nobody has heard of would wait forever: that is refused."""
@@ -42,8 +42,13 @@ class Control:
                     f"region: no region named {', '.join(map(repr, unknown))}; known regions: "
                     + (", ".join(sorted(known)) or "none yet")
                 )
-        created_at = await self._db.insert_tasks(tasks)
-        return [Task.created(t, created_at[t.id]) for t in tasks]
+        # Returns their created_at, the one value the database chose: a caller that
+        # answers with whole tasks builds them with Task.created (a batch of ten
+        # thousand answers with ids alone).
+        return await self._db.insert_tasks(tasks)
+
+    async def create_one(self, task: NewTask) -> Task:
+        return Task.created(task, await self.create([task]))
 
     async def get(self, task_id: uuid.UUID) -> Task:
         task = await self._db.get_task(task_id)
@@ -80,7 +85,7 @@ class Control:
             priority=old.priority, region=old.region, max_attempts=old.max_attempts,
             timeout_s=old.timeout_s, retry_of=old.id,
         )
-        (created,) = await self.create([new])
+        created = await self.create_one(new)
         logger.info("task %s retried as %s", old.id, created.id,
                     extra={"action": "task_retried", "task": str(old.id)})
         return created

@@ -267,9 +267,9 @@ class Database:
     # ---- tasks ------------------------------------------------------------
 
     @_wrap
-    async def insert_tasks(self, tasks: Sequence[NewTask]) -> dict[uuid.UUID, datetime]:
-        """Insert in one statement; returns each task's ``created_at``."""
-        rows = await self._pool.fetch(
+    async def insert_tasks(self, tasks: Sequence[NewTask]) -> datetime:
+        """Insert in one statement; returns the ``created_at`` every one of them got."""
+        created_at: datetime = await self._pool.fetchval(
             Q["insert_tasks"],
             [t.id for t in tasks],
             [t.kind for t in tasks],
@@ -281,7 +281,7 @@ class Database:
             [t.timeout_s for t in tasks],
             [t.retry_of for t in tasks],
         )
-        return {r["id"]: r["created_at"] for r in rows}
+        return created_at
 
     @_wrap
     async def claim(self, region: str, limit: int) -> list[Claimed]:

@@ -2,15 +2,16 @@
 
 -- name: insert_tasks
 -- One round trip for one task or ten thousand; the NOTIFY wakes the scanners at commit.
+-- Every row of one statement gets the same created_at (now(), the transaction's start):
+-- one row comes back, whatever the batch's size.
 WITH inserted AS (
     INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s,
                        retry_of)
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
                          $6::text[], $7::int[], $8::float8[], $9::uuid[])
-    RETURNING id, created_at
+    RETURNING created_at
 )
-SELECT inserted.id, inserted.created_at
-FROM inserted, (SELECT pg_notify('strata_tasks', '')) AS woken;
+SELECT (SELECT created_at FROM inserted LIMIT 1) AS created_at, pg_notify('strata_tasks', '');
 
 -- name: claim_due
 WITH due AS (
