@@ -10,13 +10,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from strata.common.errors import InvalidInput
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRef:
-    """One attempt of one task. ``id`` is the task's id in its canonical text form."""
+class TaskRef(NamedTuple):
+    """One attempt of one task. ``id`` is the task's id in its canonical text form.
+
+    A named tuple: immutable and cheap to make and hash, as it is for every task on
+    every hop."""
 
     id: str
     attempt: int

@@ -39,6 +39,8 @@ class Scanner:
         # black-holed region delays only its own batch, never the other regions'.
         self._delegating: dict[str, asyncio.Task[int]] = {}
         self._turn = 0
+        # The last scan filled every region's share: more is due than there is room for.
+        self._backlogged = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -107,8 +109,13 @@ class Scanner:
             and self._regions.breaker(r.name).allows_calls
         ]
         claimed_total = 0
-        for region, quota in (await self._shares(ready)).items():
+        shares = await self._shares(ready)
+        # A backlog fills every share: the next scan need not count what is due.
+        self._backlogged = bool(shares)
+        for region, quota in shares.items():
             claimed = await self._db.claim(region.name, quota)
+            if len(claimed) < quota:
+                self._backlogged = False
             if not claimed:
                 continue
             claimed_total += len(claimed)
@@ -123,7 +130,7 @@ class Scanner:
         what is due, so that a batch smaller than the first region's room is spread over
         every live region rather than taken by one."""
         rooms = {r: min(r.room, self._settings.claim_batch) for r in ready}
-        if len(rooms) < 2:
+        if len(rooms) < 2 or self._backlogged:
             return rooms
         total = sum(rooms.values())
         due = await self._db.count_due([r.name for r in rooms], total)
