@@ -9,32 +9,17 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 HANDLER_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
 class Payload(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    """What a kind carries. Text that PostgreSQL cannot store is refused at the edge,
+    before any model sees it (``strata.common.text``)."""
 
-    @model_validator(mode="after")
-    def _no_nul(self) -> Payload:
-        # PostgreSQL text cannot hold NUL: refuse it here rather than fail on insert.
-        for name in type(self).model_fields:
-            if _has_nul(getattr(self, name)):
-                raise ValueError(f"{name}: NUL characters are not allowed")
-        return self
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class ShellPayload(Payload):

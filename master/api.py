@@ -9,9 +9,12 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from multidict import MultiMapping
 
 from strata.common.errors import (
@@ -23,6 +26,7 @@ from strata.common.errors import (
 )
 from strata.common.kinds import KINDS
 from strata.common.models import TaskState, parse_batch, parse_new_task
+from strata.common.text import MAX_DEPTH, refuse_unstorable
 from strata.common.timeutil import as_utc, rfc3339, utcnow
 from strata.master.control import Control
 
@@ -80,9 +84,13 @@ async def _json_body(request: web.Request) -> Any:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
     raw = await request.read()
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"body: nested deeper than {MAX_DEPTH} levels") from None
+    refuse_unstorable(body, "body")
+    return body
 
 
 def _query(request: web.Request, *allowed: str) -> MultiMapping[str]:
@@ -98,6 +106,9 @@ def _query(request: web.Request, *allowed: str) -> MultiMapping[str]:
     repeated = sorted(k for k in set(query) if len(query.getall(k)) > 1)
     if repeated:
         raise InvalidInput(f"query parameter given more than once: {', '.join(repeated)}")
+    for key, value in query.items():
+        refuse_unstorable(value, key)
+    refuse_unstorable(dict(request.match_info), "path")
     return query
 
 
@@ -141,6 +152,41 @@ def _parse_scheduled_at(value: Any) -> datetime:
         except OverflowError:
             raise InvalidInput(f"scheduled_at: out of range in UTC: {value!r}") from None
     raise InvalidInput("scheduled_at: must be RFC 3339 text or unix seconds")
+
+
+class _JsonErrorHandler(RequestHandler):
+    """Errors aiohttp's HTTP parser raises before any handler runs (a request line over
+    its limit, a byte that is not ASCII in the URL) get the API's JSON error shape too."""
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)
+        if status == 500:
+            code, text = "internal", "internal error"
+        else:
+            code = HTTPStatus(status).phrase.lower().replace(" ", "_")
+            text = message or HTTPStatus(status).description
+        response = _error(status, code, text)
+        response.force_close()
+        del plain
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """The REST API's runner: an AppRunner whose connections answer parser errors in
+    JSON."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer  # the same server, making our handlers
+        return server
 
 
 class Api:

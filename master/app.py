@@ -11,7 +11,7 @@ from strata.common import channels
 from strata.common.errors import ConfigError
 from strata.common.settings import MasterSettings
 from strata.common.supervise import TaskSet, first_of, stop_on_signals
-from strata.master.api import Api
+from strata.master.api import Api, ApiRunner
 from strata.master.control import Control
 from strata.master.db import Database, wait_for_database
 from strata.master.reclaimer import Reclaimer
@@ -61,7 +61,7 @@ async def serve(settings: MasterSettings, stop: asyncio.Event | None = None) -> 
     server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()
 
-    runner = web.AppRunner(Api(Control(db, regions, settings)).app(), access_log=None)
+    runner = ApiRunner(Api(Control(db, regions, settings)).app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()

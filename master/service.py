@@ -14,6 +14,7 @@ from strata.common.errors import InvalidInput, NotFound, StrataError, Unavailabl
 from strata.common.events import Finished, Report, Started, TaskRef
 from strata.common.settings import MasterSettings
 from strata.common.status import RegionStatus, WorkerInfo
+from strata.common.text import storable
 from strata.common.timeutil import from_unix, utcnow
 from strata.master.db import Database
 from strata.proto import strata_pb2 as pb
@@ -47,8 +48,8 @@ def grpc_errors(fn: Handler) -> Handler:
 
 
 def _text(value: str) -> str | None:
-    """Output is whatever a process printed; PostgreSQL text cannot hold NUL."""
-    return value.replace("\x00", "\ufffd") or None
+    """Output is whatever a process printed: repaired to text PostgreSQL can store."""
+    return storable(value) or None
 
 
 def _ref(message: pb.TaskRef | pb.TaskEvent) -> TaskRef:
