@@ -60,6 +60,7 @@ class Finished:
     stderr: str | None = None
     output_truncated: bool = False
     stderr_truncated: bool = False
+    killed_processes: int = 0
 
     @property
     def ref(self) -> TaskRef:

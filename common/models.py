@@ -169,6 +169,8 @@ class TaskResult(BaseModel):
     error: str | None = None
     output_truncated: bool = False
     stderr_truncated: bool = False
+    # Processes the task left running in its process group, killed when it ended.
+    killed_processes: int = 0
 
 
 class Task(BaseModel):
@@ -232,6 +234,7 @@ class Task(BaseModel):
                 exit_code=row["exit_code"], output=row["output"], stderr=row["stderr"],
                 error=row["error"], output_truncated=row["output_truncated"],
                 stderr_truncated=row["stderr_truncated"],
+                killed_processes=row["killed_processes"],
             ),
             retry_of=row["retry_of"],
         )

@@ -350,6 +350,7 @@ class Database:
                     backoff_base.total_seconds(), backoff_max.total_seconds(),
                     [e.stderr for e in finished], [e.output_truncated for e in finished],
                     [e.stderr_truncated for e in finished],
+                    [e.killed_processes for e in finished],
                 )
                 stale.extend(TaskRef(str(r["id"]), r["attempt"]) for r in rows)
             if stale:

@@ -79,6 +79,7 @@ def split_events(region: str, events: list[pb.TaskEvent]) -> Report:
                 exit_code=e.exit_code if e.has_exit_code else None,
                 output=_text(e.output), error=_text(e.error), stderr=_text(e.stderr),
                 output_truncated=e.output_truncated, stderr_truncated=e.stderr_truncated,
+                killed_processes=e.killed_processes,
             )
         elif e.type == pb.EVENT_TYPE_RETURNED:
             returned.append(ref)

@@ -81,9 +81,9 @@ SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.
 WITH e AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::text[], $5::timestamptz[],
                          $6::timestamptz[], $7::int[], $8::text[], $9::text[], $12::text[],
-                         $13::bool[], $14::bool[])
+                         $13::bool[], $14::bool[], $15::int[])
         AS e(id, attempt, ok, worker_id, started_at, finished_at, exit_code, output, error,
-             stderr, output_truncated, stderr_truncated)
+             stderr, output_truncated, stderr_truncated, killed_processes)
 ), updated AS (
     UPDATE tasks AS t
     SET state = CASE
@@ -108,7 +108,8 @@ WITH e AS (
         error = e.error,
         stderr = e.stderr,
         output_truncated = e.output_truncated,
-        stderr_truncated = e.stderr_truncated
+        stderr_truncated = e.stderr_truncated,
+        killed_processes = e.killed_processes
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
     RETURNING t.id

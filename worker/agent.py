@@ -241,6 +241,7 @@ class Agent:
             output=outcome.output, error=outcome.error or "", stderr=outcome.stderr,
             output_truncated=outcome.output_truncated,
             stderr_truncated=outcome.stderr_truncated,
+            killed_processes=outcome.killed_processes,
         )
         pending_started = self._unsent_started.pop(ref, None)
         if pending_started is not None:

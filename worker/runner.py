@@ -47,6 +47,8 @@ class Outcome:
     stderr: str = ""
     output_truncated: bool = False
     stderr_truncated: bool = False
+    # Processes of the task's group still running when it ended, killed then.
+    killed_processes: int = 0
 
 
 class _Tail:
@@ -143,15 +145,20 @@ class Runner:
         raise TypeError(f"no runner for {type(payload).__name__}")
 
     async def _run_shell(self, payload: ShellPayload, out: _Output) -> Outcome:
-        process = await _spawn_shell(payload.command, out)
+        shell = await _spawn_shell(payload.command, out)
+        reading = asyncio.create_task(out.read_from(shell.process), name="read_output")
         try:
-            await out.read_from(process)
-            code = await process.wait()
+            await shell.exited.wait()
         except BaseException:
             # Timed out or cancelled: kill the whole group, children that outlived the
             # shell and still hold the pipes included.
-            await _kill_group(process, out)
+            await _end_group(shell, out, reading)
             raise
+        # The task is over when its shell is: whatever it left running in its group
+        # (`sleep 300 &`) dies with it, outside every limit otherwise.
+        await _end_group(shell, out, reading)
+        code = shell.process.returncode
+        assert code is not None
         if code == 0:
             return out.outcome(ok=True, exit_code=0, error=None)
         reason = f"exited with code {code}" if code > 0 else f"killed by signal {-code}"
@@ -217,6 +224,7 @@ class _Output:
     def __init__(self, stdout: _Tail, stderr: _Tail) -> None:
         self.stdout = stdout
         self.stderr = stderr
+        self.killed = 0  # processes of its group killed when it ended
 
     async def read_from(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None and process.stderr is not None
@@ -228,20 +236,49 @@ class _Output:
             ok=ok, exit_code=exit_code, error=error,
             output=self.stdout.text(), output_truncated=self.stdout.truncated,
             stderr=self.stderr.text(), stderr_truncated=self.stderr.truncated,
+            killed_processes=self.killed,
         )
 
 
-async def _spawn_shell(command: str, out: _Output) -> asyncio.subprocess.Process:
-    spawning = asyncio.create_task(
-        asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group, so one kill reaches every child
-        ),
-        name="spawn_shell",
+class _ExitAware(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's subprocess protocol, telling also when the process itself exited:
+    ``Process.wait`` returns only once every pipe is closed, and a child the shell left
+    running holds them open."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
+@dataclass(frozen=True, slots=True)
+class _Shell:
+    process: asyncio.subprocess.Process
+    exited: asyncio.Event
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid  # also its process group's id (a session of its own)
+
+
+async def _start_shell(command: str) -> _Shell:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _ExitAware(limit=READ_CHUNK, loop=loop),
+        "/bin/sh", "-c", command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group, so one kill reaches every child
     )
+    return _Shell(asyncio.subprocess.Process(transport, protocol, loop), protocol.exited)
+
+
+async def _spawn_shell(command: str, out: _Output) -> _Shell:
+    spawning = asyncio.create_task(_start_shell(command), name="spawn_shell")
     try:
         return await asyncio.shield(spawning)
     except asyncio.CancelledError:
@@ -249,24 +286,52 @@ async def _spawn_shell(command: str, out: _Output) -> asyncio.subprocess.Process
         # kill the shell alone: finish the spawn so that its whole group can be killed.
         await asyncio.wait([spawning])
         if spawning.exception() is None:
-            await _kill_group(spawning.result(), out)
+            shell = spawning.result()
+            reading = asyncio.create_task(out.read_from(shell.process), name="read_output")
+            await _end_group(shell, out, reading)
         raise
 
 
-async def _kill_group(process: asyncio.subprocess.Process, out: _Output) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group may be gone already
-        os.killpg(process.pid, signal.SIGKILL)
-    # asyncio reports the exit only once the pipes are closed, so drain them before
-    # waiting; a grandchild that left the group could hold one open forever, hence the
-    # grace.
+def _group_members(pgid: int) -> int:
+    """How many live processes are in process group ``pgid`` (Linux /proc)."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command's name: state, ppid, pgrp. A zombie is already dead.
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            count += 1
+    return count
+
+
+async def _end_group(shell: _Shell, out: _Output, reading: asyncio.Task[None]) -> None:
+    """Kill whatever is left of the task's process group, then collect its output and
+    its exit. Counts what was killed into ``out``."""
+    left = _group_members(shell.pid)
+    if left:
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+            os.killpg(shell.pid, signal.SIGKILL)
+        out.killed += left
+        logger.info(
+            "killed %d processes left in the task's group %s", left, shell.pid,
+            extra={"action": "process_group_killed", "pid": shell.pid, "count": left},
+        )
+    # Once the group is dead its pipes close; a grandchild that left the group could
+    # hold one open forever, hence the grace.
     try:
         async with asyncio.timeout(REAP_GRACE_S):
-            await out.read_from(process)
-            await process.wait()
+            await asyncio.shield(reading)
+            await shell.process.wait()
     except TimeoutError:
+        reading.cancel()
         logger.warning(
-            "process group %s still holds its pipe after SIGKILL", process.pid,
-            extra={"action": "process_reap_abandoned", "pid": process.pid},
+            "process group %s still holds its pipe after SIGKILL", shell.pid,
+            extra={"action": "process_reap_abandoned", "pid": shell.pid},
         )
 
 

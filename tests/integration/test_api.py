@@ -139,7 +139,8 @@ async def test_create_task_returns_every_field(client: Client, db: Database) -> 
     assert before - timedelta(seconds=5) <= created_at <= datetime.now(UTC) + timedelta(seconds=5)
     assert body["picked_at"] is body["started_at"] is body["finished_at"] is None
     assert body["result"] == {"exit_code": None, "output": None, "stderr": None, "error": None,
-                              "output_truncated": False, "stderr_truncated": False}
+                              "output_truncated": False, "stderr_truncated": False,
+                             "killed_processes": 0}
     assert body["retry_of"] is None
 
     fetched = await client.get(f"/v1/tasks/{body['id']}")
@@ -176,7 +177,8 @@ async def test_get_task_reflects_progress(client: Client, db: Database) -> None:
     assert (got["worker_id"], got["attempt"]) == ("w-1", 1)
     assert got["picked_at"] and got["started_at"] and got["finished_at"]
     assert got["result"] == {"exit_code": 0, "output": "hi\n", "stderr": None, "error": None,
-                             "output_truncated": False, "stderr_truncated": False}
+                             "output_truncated": False, "stderr_truncated": False,
+                             "killed_processes": 0}
 
 
 async def test_create_batch_of_ten_thousand(client: Client, raw: asyncpg.Connection) -> None:

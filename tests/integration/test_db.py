@@ -922,9 +922,11 @@ async def test_a_result_keeps_stdout_stderr_and_their_cut_marks(db: Database) ->
     now = utcnow()
     done = Finished(id=str(claimed.id), attempt=claimed.attempt, ok=False, worker_id="w",
                     started_at=now, finished_at=now, exit_code=2, output="out tail",
-                    error="exited with code 2", stderr="err", output_truncated=True)
+                    error="exited with code 2", stderr="err", output_truncated=True,
+                    killed_processes=2)
     assert await apply(db, done=[done]) == []
     stored = await db.get_task(task.id)
     assert stored is not None
     assert (stored.result.output, stored.result.stderr) == ("out tail", "err")
     assert (stored.result.output_truncated, stored.result.stderr_truncated) == (True, False)
+    assert stored.result.killed_processes == 2

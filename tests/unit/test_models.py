@@ -275,7 +275,8 @@ def test_task_to_json():
         "started_at": "2030-01-01T12:00:01Z",
         "finished_at": None,
         "result": {"exit_code": None, "output": "tail", "stderr": None, "error": None,
-                   "output_truncated": True, "stderr_truncated": False},
+                   "output_truncated": True, "stderr_truncated": False,
+                             "killed_processes": 0},
         "retry_of": str(retried),
     }
 
@@ -291,7 +292,8 @@ def test_task_to_json_region_falls_back_to_the_pinned_one():
     data = task.to_json()
     assert data["region"] == data["pinned_region"] == "us-east"
     assert data["result"] == {"exit_code": 1, "output": "out", "stderr": None, "error": "boom",
-                              "output_truncated": False, "stderr_truncated": False}
+                              "output_truncated": False, "stderr_truncated": False,
+                             "killed_processes": 0}
 
 
 def test_terminal_states():

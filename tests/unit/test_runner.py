@@ -158,17 +158,20 @@ async def test_shell_timeout_kills_the_process_group(
     command = f"sleep 30 & echo $! > {pid_file}; sleep 30"
     with caplog.at_level(logging.INFO, logger="strata.worker.runner"):
         outcome = await runner.run("shell", shell(command), 0.5)
-    assert outcome == Outcome(ok=False, exit_code=None, output="", error="timed out after 0.5s")
-    assert [getattr(r, "action", None) for r in caplog.records] == ["task_timed_out"]
+    assert outcome == Outcome(ok=False, exit_code=None, output="", error="timed out after 0.5s",
+                              killed_processes=3)
+    assert [getattr(r, "action", None) for r in caplog.records] == [
+        "process_group_killed", "task_timed_out"]
     await wait_until_exited(int(pid_file.read_text()))
 
 
 async def test_shell_child_holding_stdout_does_not_outlast_the_timeout(runner: Runner) -> None:
     started = time.monotonic()
-    outcome = await runner.run("shell", shell("sleep 30 & echo started"), 0.5)
+    outcome = await runner.run("shell", shell("sleep 30 & echo started; sleep 30"), 0.5)
     assert time.monotonic() - started < 5
     assert (outcome.ok, outcome.error) == (False, "timed out after 0.5s")
     assert outcome.output == "started\n"  # what came before the timeout is kept
+    assert outcome.killed_processes == 3  # the shell and both sleeps
 
 
 async def test_shell_timeout_of_a_noisy_command_returns_bounded_output(runner: Runner) -> None:
@@ -352,3 +355,32 @@ async def test_unknown_kind_is_an_outcome(runner: Runner) -> None:
     assert outcome == Outcome(
         ok=False, exit_code=None, output="", error="unknown task kind 'bogus'"
     )
+
+
+async def test_a_finished_shell_task_leaves_nothing_running(runner: Runner) -> None:
+    began = time.monotonic()
+    outcome = await runner.run("shell", shell("sleep 300 & echo $!; echo hi"), 60)
+    assert time.monotonic() - began < 10, "the task waited for its background child"
+    assert outcome.ok and outcome.killed_processes == 1
+    child_pid, said = outcome.output.split()
+    assert said == "hi"
+    await wait_gone(int(child_pid))
+
+
+async def test_a_task_that_leaves_nothing_running_killed_nothing(runner: Runner) -> None:
+    outcome = await runner.run("shell", shell("true"), 10)
+    assert outcome.ok and outcome.killed_processes == 0
+
+
+async def wait_gone(pid: int) -> None:
+    """Until ``pid`` is no longer a running process (a zombie waiting to be reaped by
+    its parent counts as gone)."""
+    for _ in range(500):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                if stat.read().rpartition(b")")[2].split()[0] == b"Z":
+                    return
+        except FileNotFoundError:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} still runs")
