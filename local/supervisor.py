@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import os
 import signal
 import sys
 import time
@@ -129,10 +128,3 @@ def _how(code: int) -> str:
         except ValueError:
             pass
     return f"exited with code {code}"
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env

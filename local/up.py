@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -14,7 +13,8 @@ import asyncpg
 from strata.common.client import Client
 from strata.common.errors import StrataError
 from strata.common.settings import UpSettings
-from strata.local.supervisor import Proc, Supervisor, child_env
+from strata.local import launcher
+from strata.local.supervisor import Proc, Supervisor
 from strata.topologies.topology import Topology, env_for
 
 logger = logging.getLogger(__name__)
@@ -26,22 +26,21 @@ EMBEDDED_DATABASE = "strata"
 def plan(topology: Topology, database_url: str) -> list[Proc]:
     """The processes of a topology, with their command lines and environments."""
     base = {"STRATA_DATABASE_URL": database_url, **env_for(topology.settings)}
-    cli = [sys.executable, "-m", "strata"]
-    master_addr = f"127.0.0.1:{topology.master.grpc_port}"
+    master_address = launcher.local_address(topology.master.grpc_port)
     procs = [
         Proc(
-            name="master", tier=0, env=child_env(base),
-            argv=[*cli, "master", "--http-port", str(topology.master.http_port),
-                  "--grpc-port", str(topology.master.grpc_port)],
+            name="master", tier=0, env=launcher.child_env(base),
+            argv=launcher.master_argv(http_port=topology.master.http_port,
+                                      grpc_port=topology.master.grpc_port),
         )
     ]
     for region in topology.regions:
-        env = child_env({**base, **env_for(region.settings)})
+        env = launcher.child_env(base, env_for(region.settings))
         procs.append(
             Proc(
                 name=region.name, tier=1, env=env,
-                argv=[*cli, "regional", "--name", region.name, "--master", master_addr,
-                      "--grpc-port", str(region.grpc_port)],
+                argv=launcher.regional_argv(name=region.name, master=master_address,
+                                            grpc_port=region.grpc_port),
             )
         )
         for index in range(1, region.workers + 1):
@@ -49,9 +48,9 @@ def plan(topology: Topology, database_url: str) -> list[Proc]:
             procs.append(
                 Proc(
                     name=worker_id, tier=2, env=env,
-                    argv=[*cli, "worker", "--region", f"127.0.0.1:{region.grpc_port}",
-                          "--concurrency", str(region.concurrency), "--http-port", "0",
-                          "--id", worker_id],
+                    argv=launcher.worker_argv(region=launcher.local_address(region.grpc_port),
+                                              worker_id=worker_id,
+                                              concurrency=region.concurrency),
                 )
             )
     return procs

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 import signal
 import sys
 from collections import Counter
@@ -22,7 +21,7 @@ import psutil
 import pytest
 
 from strata.common.client import Client
-from strata.local import supervisor
+from strata.local import launcher, supervisor
 from strata.local.cluster import wait_until
 from strata.local.postgres import free_port
 from strata.topologies.topology import TOPOLOGY_DIR, Topology, load
@@ -89,8 +88,8 @@ def _has_id(proc: psutil.Process, worker_id: str) -> bool:
 @pytest.fixture
 def three_regions(tmp_path: Path, database_url: str) -> Iterator[Run]:
     topology = on_free_ports(load(TOPOLOGY_DIR / "three-regions.toml"), tmp_path / "three.toml")
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(STRATA_DATABASE_URL=database_url, STRATA_LOG_LEVEL="INFO")
+    env = launcher.child_env({"STRATA_DATABASE_URL": database_url, "STRATA_LOG_LEVEL": "INFO"},
+                             without=("DATABASE_URL",))
     with UpProcess(tmp_path / "three.toml", env) as up:
         run = Run(up, topology)
         up.wait_for(f"ready: API at {run.api} (3 regions, 7 workers)")
@@ -176,7 +175,7 @@ async def test_supervisor_restarts_a_crashing_process_with_growing_backoff(
 ) -> None:
     monkeypatch.setattr(supervisor, "RESTART_MIN_S", 0.1)
     out = io.StringIO()
-    crasher = supervisor.Proc(name="crasher", tier=0, env=supervisor.child_env({}),
+    crasher = supervisor.Proc(name="crasher", tier=0, env=launcher.child_env(),
                               argv=[sys.executable, "-c", "print('boom'); raise SystemExit(3)"])
     sup = supervisor.Supervisor([crasher], out=out)
 

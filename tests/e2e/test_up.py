@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from strata.local import launcher
 from strata.local.postgres import free_port
 from tests.e2e.up_process import UpProcess
 
@@ -46,7 +45,7 @@ concurrency = 2
 
 def _cli(env: dict[str, str], *args: str) -> list[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "strata", *args], env=env, capture_output=True,
+        launcher.command(*args), env=env, capture_output=True,
         text=True, timeout=60, check=False,
     )
     assert out.returncode == 0, out.stderr
@@ -66,9 +65,9 @@ def test_up_runs_a_task_persists_data_and_ctrl_c_leaves_nothing(
     tmp_path: Path, data_home: Path
 ) -> None:
     topology, http = _topology(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("STRATA_DATABASE_URL",
-                                                             "DATABASE_URL")}
-    env.update(STRATA_DATA_DIR=str(data_home), STRATA_PG_PORT=str(free_port()))
+    env = launcher.child_env(
+        {"STRATA_DATA_DIR": str(data_home), "STRATA_PG_PORT": str(free_port())},
+        without=("STRATA_DATABASE_URL", "DATABASE_URL"))
     api = f"http://127.0.0.1:{http}"
 
     with UpProcess(topology, env) as first:
