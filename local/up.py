@@ -20,6 +20,7 @@ from strata.topologies.topology import Topology, env_for
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0
+POLL_S = 0.1
 EMBEDDED_DATABASE = "strata"
 
 
@@ -56,16 +57,34 @@ def plan(topology: Topology, database_url: str) -> list[Proc]:
     return procs
 
 
-async def _poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    async with asyncio.timeout(READY_TIMEOUT_S):
-        while True:
-            try:
-                if await check():
-                    return
-            except StrataError:
-                pass
-            await asyncio.sleep(0.1)
-    raise StrataError(f"{what} not ready after {READY_TIMEOUT_S:.0f}s")  # pragma: no cover
+class NotReady(StrataError):
+    """A tier of ``strata up`` did not come up in time."""
+
+    code = "not_ready"
+
+
+async def wait_ready(check: Callable[[], Awaitable[bool]], what: str, *,
+                     timeout_s: float = READY_TIMEOUT_S, poll_s: float = POLL_S) -> None:
+    """Poll ``check`` until it holds; :class:`NotReady` naming ``what`` after ``timeout_s``.
+
+    A check that fails (the API not answering yet) counts as not ready; the last such
+    failure is part of the message."""
+    last: BaseException | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    if await check():
+                        return
+                    last = None
+                except (StrataError, TimeoutError) as exc:
+                    # A TimeoutError here is the check's own request timing out: the
+                    # deadline above cancels instead, and turns into TimeoutError below.
+                    last = exc
+                await asyncio.sleep(poll_s)
+    except TimeoutError:
+        why = f" (last check: {last})" if last is not None and str(last) else ""
+        raise NotReady(f"{what} not ready within {timeout_s:g}s{why}") from None
 
 
 async def ensure_database(server_url: str, name: str) -> None:
@@ -113,9 +132,11 @@ async def run(topology: Topology, settings: UpSettings) -> int:
         return len(live) >= sum(r.workers for r in topology.regions)
 
     async def bring_up() -> None:
-        await supervisor.start_tier(0, lambda: _poll(master_ready, "master"))
-        await supervisor.start_tier(1, lambda: _poll(regions_ready, "regions"))
-        await supervisor.start_tier(2, lambda: _poll(workers_ready, "workers"))
+        await supervisor.start_tier(0, lambda: wait_ready(master_ready, "the master"))
+        regions = "regions " + ", ".join(r.name for r in topology.regions)
+        await supervisor.start_tier(1, lambda: wait_ready(regions_ready, regions))
+        workers = f"{sum(r.workers for r in topology.regions)} workers"
+        await supervisor.start_tier(2, lambda: wait_ready(workers_ready, workers))
         supervisor.say(
             f"ready: API at {api} ({len(topology.regions)} regions, "
             f"{sum(r.workers for r in topology.regions)} workers); Ctrl-C stops everything"
@@ -127,7 +148,8 @@ async def run(topology: Topology, settings: UpSettings) -> int:
     try:
         done, _ = await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if starting in done and starting.exception() is not None:
-            supervisor.say(f"start-up failed: {starting.exception()}")
+            failure = starting.exception()
+            supervisor.say(f"start-up failed: {str(failure) or repr(failure)}")
             code = 1
         else:
             await stopper
