@@ -4,6 +4,7 @@ processes under the supervisor, until Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -13,7 +14,8 @@ import asyncpg
 from strata.common.client import Client
 from strata.common.errors import StrataError
 from strata.common.settings import UpSettings
-from strata.local import launcher
+from strata.local import instance, launcher, ports
+from strata.local.ports import Port
 from strata.local.supervisor import Proc, Supervisor
 from strata.topologies.topology import Topology, env_for
 
@@ -97,7 +99,35 @@ async def ensure_database(server_url: str, name: str) -> None:
         await conn.close()
 
 
+def listening_ports(topology: Topology) -> list[Port]:
+    """The fixed ports the topology's processes listen on (workers take any free one)."""
+    found = [Port(number=topology.master.http_port, what="the master's HTTP port"),
+             Port(number=topology.master.grpc_port, what="the master's gRPC port")]
+    found += [Port(number=r.grpc_port, what=f"region {r.name}'s gRPC port")
+              for r in topology.regions]
+    return found
+
+
 async def run(topology: Topology, settings: UpSettings) -> int:
+    """Run the topology until Ctrl-C or SIGTERM; its exit code.
+
+    Refuses at once, before starting anything, when another ``strata up`` holds the
+    data dir (:class:`~strata.local.instance.AlreadyRunning`, naming it) or a port of
+    the topology is taken (:class:`~strata.local.ports.PortInUse`)."""
+    api = f"http://{launcher.LOCALHOST}:{topology.master.http_port}"
+    with contextlib.ExitStack() as held:
+        if not settings.database_url:
+            # The embedded server's data dir is this run's alone. With a database of the
+            # user's own no data dir is in use: the port check below still applies.
+            held.enter_context(instance.hold(settings.data_dir, api=api))
+        ports.ensure_free(
+            listening_ports(topology),
+            hint=f"is another strata up running? Stop it, or give topology "
+                 f"{topology.name!r} other ports")
+        return await _run(topology, settings, api)
+
+
+async def _run(topology: Topology, settings: UpSettings, api: str) -> int:
     from strata.local.postgres import EmbeddedPostgres
 
     embedded: EmbeddedPostgres | None = None
@@ -107,7 +137,15 @@ async def run(topology: Topology, settings: UpSettings) -> int:
         embedded = EmbeddedPostgres(data_dir, port=settings.pg_port)
         print(f"strata | starting embedded PostgreSQL in {data_dir}", flush=True)
         await asyncio.to_thread(embedded.start)
-        await ensure_database(embedded.url, EMBEDDED_DATABASE)
+        if embedded.adopted_pid is not None:
+            print(f"strata | PostgreSQL (pid {embedded.adopted_pid}) was already running in "
+                  f"{data_dir}: using it, and leaving it running when this run stops",
+                  flush=True)
+        try:
+            await ensure_database(embedded.url, EMBEDDED_DATABASE)
+        except BaseException:
+            await asyncio.to_thread(embedded.stop)
+            raise
         database_url = embedded.url_for(EMBEDDED_DATABASE)
 
     stop = asyncio.Event()
@@ -116,7 +154,6 @@ async def run(topology: Topology, settings: UpSettings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     supervisor = Supervisor(plan(topology, database_url))
-    api = f"http://127.0.0.1:{topology.master.http_port}"
     client = Client(api, timeout_s=2)
 
     async def master_ready() -> bool:
