@@ -2,6 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 # toxiproxy for the chaos tests, built from source by the Go toolchain into ./bin.
 # The Go proxy's version list stops at v2.5.0, but it serves later tags when asked.
@@ -54,5 +55,6 @@ chaos: toxiproxy
 proto:
 	$(PYTHON) -m strata.proto.generate
 
-bench:
-	$(PYTHON) -m bench.run
+# Every benchmark, one at a time (minutes; BENCH_ARGS=--quick for a smoke run of each).
+bench: install toxiproxy
+	$(PYTHON) -m bench.run $(BENCH_ARGS)

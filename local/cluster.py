@@ -4,16 +4,15 @@ and workers, each a child process that can be killed or added while the test run
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from strata.common.client import Client
+from strata.local import launcher
 from strata.local.postgres import free_port
 
 FAST_TIMINGS = {
@@ -60,12 +59,15 @@ class Cluster:
     def client(self) -> Client:
         return Client(self.api, timeout_s=30)
 
-    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
-        env = {**os.environ, **FAST_TIMINGS, **self.env, **(extra_env or {}),
-               "STRATA_DATABASE_URL": self.database_url, "PYTHONUNBUFFERED": "1"}
+    def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+               ) -> None:
+        """Start ``argv`` (a :mod:`strata.local.launcher` command line) as ``name``, its
+        output in ``<workdir>/<name>.log``."""
+        env = launcher.child_env(FAST_TIMINGS, self.env, extra_env or {},
+                                 {"STRATA_DATABASE_URL": self.database_url})
         log = (self.workdir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "strata", *args], env=env, cwd=self.workdir,
+            argv, env=env, cwd=self.workdir,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
@@ -77,7 +79,7 @@ class Cluster:
 
     def master_address(self, region: str) -> str:
         """Where ``region`` dials the master."""
-        return f"127.0.0.1:{self.grpc_port}"
+        return launcher.local_address(self.grpc_port)
 
     def advertised_address(self, region: str) -> str | None:
         """Where the master dials ``region``; None: wherever the region listens."""
@@ -85,34 +87,31 @@ class Cluster:
 
     def worker_target(self, region: str) -> str:
         """Where the workers of ``region`` dial it."""
-        return f"127.0.0.1:{self.region_ports[region]}"
+        return launcher.local_address(self.region_ports[region])
 
     # ---- starting -------------------------------------------------------------------
 
     async def start_master(self) -> None:
-        self._spawn("master", ["master", "--http-port", str(self.http_port),
-                               "--grpc-port", str(self.grpc_port)])
+        self._spawn("master", launcher.master_argv(http_port=self.http_port,
+                                                   grpc_port=self.grpc_port))
         async with self.client() as c:
             await wait_until(lambda: _ok(c.request("GET", "/readyz")),
                              timeout_s=READY_TIMEOUT_S, what="master ready")
 
     async def start_region(self, name: str, **env: str) -> None:
         port = self.region_ports.setdefault(name, free_port())
-        args = ["regional", "--name", name, "--grpc-port", str(port),
-                "--master", self.master_address(name)]
-        advertise = self.advertised_address(name)
-        if advertise is not None:
-            args += ["--advertise", advertise]
-        self._spawn(name, args, env)
+        self._spawn(name, launcher.regional_argv(name=name, master=self.master_address(name),
+                                                 grpc_port=port,
+                                                 advertise=self.advertised_address(name)), env)
         async with self.client() as c:
             await wait_until(lambda: _region_up(c, name), timeout_s=READY_TIMEOUT_S,
                              what=f"region {name} up")
 
     async def start_worker(self, region: str, worker_id: str, *, concurrency: int = 4,
                            wait: bool = True, **env: str) -> None:
-        self._spawn(worker_id, ["worker", "--region", self.worker_target(region),
-                                "--concurrency", str(concurrency), "--http-port", "0",
-                                "--id", worker_id], env)
+        self._spawn(worker_id, launcher.worker_argv(region=self.worker_target(region),
+                                                    worker_id=worker_id,
+                                                    concurrency=concurrency), env)
         if wait:
             async with self.client() as c:
                 await wait_until(lambda: _worker_up(c, worker_id), timeout_s=READY_TIMEOUT_S,

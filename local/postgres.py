@@ -28,6 +28,7 @@ from types import ModuleType
 from urllib.parse import urlsplit, urlunsplit
 
 from strata.common.errors import StrataError
+from strata.local import ports
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,9 @@ class EmbeddedPostgres:
         self.fast = fast
         self.log_file = self.data_dir / LOG_FILE
         self._bindir: Path | None = None
+        self._started_here = False
+        # Found running on data_dir by start(), not started by us: stop() leaves it be.
+        self.adopted_pid: int | None = None
 
     @property
     def url(self) -> str:
@@ -160,7 +164,10 @@ class EmbeddedPostgres:
 
     def start(self) -> None:
         """Initialise data_dir if needed, start the server (or adopt the one already
-        running on data_dir) and return once it accepts TCP connections."""
+        running on data_dir) and return once it accepts TCP connections.
+
+        A server this object did not start (one left by an earlier run, or started by
+        someone else) is adopted: used, never stopped by :meth:`stop`."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         self._prepare_data_dir()
         if not (self.data_dir / "PG_VERSION").exists():
@@ -168,8 +175,11 @@ class EmbeddedPostgres:
         running = self._running_pid()
         if running is not None:
             self._adopt(running)
+            self.adopted_pid = None if self._started_here else running
         else:
             self._pg_ctl_start()
+            self._started_here = True
+            self.adopted_pid = None
         self._wait_ready(deadline)
         logger.info(
             "postgres ready at %s:%s (data %s)", HOST, self.port, self.data_dir,
@@ -177,8 +187,17 @@ class EmbeddedPostgres:
         )
 
     def stop(self) -> None:
-        """Fast shutdown (rolls back open transactions); nothing to do if not running."""
+        """Fast shutdown (rolls back open transactions); nothing to do if not running,
+        or if the server was adopted rather than started here."""
         if self._running_pid() is None:
+            return
+        if self.adopted_pid is not None:
+            logger.info(
+                "leaving postgres pid %s running on %s: not started here", self.adopted_pid,
+                self.data_dir,
+                extra={"action": "postgres_left_running", "port": self.port,
+                       "pid": self.adopted_pid},
+            )
             return
         try:
             self._run(
@@ -238,6 +257,12 @@ class EmbeddedPostgres:
         )
 
     def _pg_ctl_start(self) -> None:
+        if ports.in_use(self.port, HOST):
+            raise PostgresLaunchError(
+                f"port {self.port} on {HOST} is already in use by another program (not a "
+                f"PostgreSQL running on {self.data_dir}): stop it or choose another port "
+                f"(STRATA_PG_PORT for strata up)"
+            )
         options = [
             "-h", HOST, "-p", str(self.port), "-k", str(self._socket_dir()),
             "-c", f"max_connections={MAX_CONNECTIONS}",

@@ -1,20 +1,24 @@
 """Runs a topology as local processes: master, then regions, then workers.
 
 Prefixes every line a process prints with its name, restarts a process that dies
-with backoff, and stops them in reverse order (workers, regions, master)."""
+with backoff (``strata.common.retry``: doubling, starting over once a run stayed up
+``HEALTHY_AFTER_S``), and stops them in reverse order (workers, regions, master)."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
 import logging
-import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TextIO
+
+from tenacity import RetryCallState
+
+from strata.common.errors import StrataError
+from strata.common.retry import Backoff, retrying
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +26,23 @@ STOP_GRACE_S = 10.0
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 10.0
 HEALTHY_AFTER_S = 10.0  # a process up this long resets its restart backoff
+
+
+def restart_backoff() -> Backoff:
+    """No jitter: these are our own processes on one machine, with no herd to spread."""
+    return Backoff(initial_s=RESTART_MIN_S, max_s=RESTART_MAX_S, jitter_s=0.0,
+                   healthy_after_s=HEALTHY_AFTER_S)
+
+
+class ProcessExited(StrataError):
+    """A supervised process ended while the supervisor was not stopping it."""
+
+    code = "process_exited"
+
+    def __init__(self, name: str, returncode: int) -> None:
+        super().__init__(f"{name} {_how(returncode)}")
+        self.name = name
+        self.returncode = returncode
 
 
 def _die_with_parent() -> None:
@@ -50,9 +71,11 @@ class Proc:
 
 
 class Supervisor:
-    def __init__(self, procs: list[Proc], *, out: TextIO = sys.stdout) -> None:
+    def __init__(self, procs: list[Proc], *, out: TextIO = sys.stdout,
+                 backoff: Backoff | None = None) -> None:
         self.procs = procs
         self._out = out
+        self._backoff = backoff if backoff is not None else restart_backoff()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._width = max(len(p.name) for p in procs)
@@ -63,30 +86,55 @@ class Supervisor:
     async def start_tier(self, tier: int, ready: Callable[[], Awaitable[None]]) -> None:
         for proc in self.procs:
             if proc.tier == tier:
-                self._loops.append(asyncio.create_task(self._keep(proc), name=proc.name))
+                loop = asyncio.create_task(self._keep(proc), name=proc.name)
+                loop.add_done_callback(self._loop_done)
+                self._loops.append(loop)
         await ready()
 
+    def _loop_done(self, loop: asyncio.Task[None]) -> None:
+        # A process that cannot even be spawned (its interpreter gone, say) ends its loop:
+        # say so rather than leave it silently unsupervised.
+        if not loop.cancelled() and (exc := loop.exception()) is not None:
+            self.say(f"{loop.get_name()} cannot be run: {exc!r}")
+            logger.error("supervision of %s ended: %r", loop.get_name(), exc,
+                         extra={"action": "supervision_failed", "process": loop.get_name()})
+
     async def _keep(self, proc: Proc) -> None:
-        delay = RESTART_MIN_S
-        while not self._stopping:
-            began = time.monotonic()
-            proc.process = await asyncio.create_subprocess_exec(
-                *proc.argv, env=proc.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
-            proc.started.set()
-            await self._pump(proc)
-            code = await proc.process.wait()
-            if self._stopping:
-                return
-            if time.monotonic() - began > HEALTHY_AFTER_S:
-                delay = RESTART_MIN_S
+        """Run ``proc`` until the supervisor stops; each exit meanwhile is a failed
+        attempt of a tenacity loop, which waits out the backoff and starts it again."""
+        loop = retrying(
+            proc.name, self._backoff, action="process_restarting", level=logging.DEBUG,
+            retry_on=lambda exc: isinstance(exc, ProcessExited) and not self._stopping,
+            extra={"process": proc.name},
+        )
+        log_retry = loop.before_sleep
+
+        def announce(state: RetryCallState) -> None:
+            if log_retry is not None:
+                log_retry(state)
+            delay = state.next_action.sleep if state.next_action is not None else 0.0
             proc.restarts += 1
-            self.say(f"{proc.name} {_how(code)}; restarting in {delay:.1f}s "
-                     f"(restart {proc.restarts})")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX_S)
+            exited = state.outcome.exception() if state.outcome is not None else None
+            self.say(f"{exited}; restarting in {delay:.1f}s (restart {proc.restarts})")
+
+        loop.before_sleep = announce
+        async for attempt in loop:
+            with attempt:
+                await self._run_once(proc)
+
+    async def _run_once(self, proc: Proc) -> None:
+        if self._stopping:
+            return
+        proc.process = await asyncio.create_subprocess_exec(
+            *proc.argv, env=proc.env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        proc.started.set()
+        await self._pump(proc)
+        code = await proc.process.wait()
+        if not self._stopping:
+            raise ProcessExited(proc.name, code)
 
     async def _pump(self, proc: Proc) -> None:
         assert proc.process is not None and proc.process.stdout is not None
@@ -129,10 +177,3 @@ def _how(code: int) -> str:
         except ValueError:
             pass
     return f"exited with code {code}"
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env

@@ -4,9 +4,9 @@ processes under the supervisor, until Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -14,34 +14,36 @@ import asyncpg
 from strata.common.client import Client
 from strata.common.errors import StrataError
 from strata.common.settings import UpSettings
-from strata.local.supervisor import Proc, Supervisor, child_env
+from strata.local import instance, launcher, ports
+from strata.local.ports import Port
+from strata.local.supervisor import Proc, Supervisor
 from strata.topologies.topology import Topology, env_for
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0
+POLL_S = 0.1
 EMBEDDED_DATABASE = "strata"
 
 
 def plan(topology: Topology, database_url: str) -> list[Proc]:
     """The processes of a topology, with their command lines and environments."""
     base = {"STRATA_DATABASE_URL": database_url, **env_for(topology.settings)}
-    cli = [sys.executable, "-m", "strata"]
-    master_addr = f"127.0.0.1:{topology.master.grpc_port}"
+    master_address = launcher.local_address(topology.master.grpc_port)
     procs = [
         Proc(
-            name="master", tier=0, env=child_env(base),
-            argv=[*cli, "master", "--http-port", str(topology.master.http_port),
-                  "--grpc-port", str(topology.master.grpc_port)],
+            name="master", tier=0, env=launcher.child_env(base),
+            argv=launcher.master_argv(http_port=topology.master.http_port,
+                                      grpc_port=topology.master.grpc_port),
         )
     ]
     for region in topology.regions:
-        env = child_env({**base, **env_for(region.settings)})
+        env = launcher.child_env(base, env_for(region.settings))
         procs.append(
             Proc(
                 name=region.name, tier=1, env=env,
-                argv=[*cli, "regional", "--name", region.name, "--master", master_addr,
-                      "--grpc-port", str(region.grpc_port)],
+                argv=launcher.regional_argv(name=region.name, master=master_address,
+                                            grpc_port=region.grpc_port),
             )
         )
         for index in range(1, region.workers + 1):
@@ -49,24 +51,42 @@ def plan(topology: Topology, database_url: str) -> list[Proc]:
             procs.append(
                 Proc(
                     name=worker_id, tier=2, env=env,
-                    argv=[*cli, "worker", "--region", f"127.0.0.1:{region.grpc_port}",
-                          "--concurrency", str(region.concurrency), "--http-port", "0",
-                          "--id", worker_id],
+                    argv=launcher.worker_argv(region=launcher.local_address(region.grpc_port),
+                                              worker_id=worker_id,
+                                              concurrency=region.concurrency),
                 )
             )
     return procs
 
 
-async def _poll(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    async with asyncio.timeout(READY_TIMEOUT_S):
-        while True:
-            try:
-                if await check():
-                    return
-            except StrataError:
-                pass
-            await asyncio.sleep(0.1)
-    raise StrataError(f"{what} not ready after {READY_TIMEOUT_S:.0f}s")  # pragma: no cover
+class NotReady(StrataError):
+    """A tier of ``strata up`` did not come up in time."""
+
+    code = "not_ready"
+
+
+async def wait_ready(check: Callable[[], Awaitable[bool]], what: str, *,
+                     timeout_s: float = READY_TIMEOUT_S, poll_s: float = POLL_S) -> None:
+    """Poll ``check`` until it holds; :class:`NotReady` naming ``what`` after ``timeout_s``.
+
+    A check that fails (the API not answering yet) counts as not ready; the last such
+    failure is part of the message."""
+    last: BaseException | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    if await check():
+                        return
+                    last = None
+                except (StrataError, TimeoutError) as exc:
+                    # A TimeoutError here is the check's own request timing out: the
+                    # deadline above cancels instead, and turns into TimeoutError below.
+                    last = exc
+                await asyncio.sleep(poll_s)
+    except TimeoutError:
+        why = f" (last check: {last})" if last is not None and str(last) else ""
+        raise NotReady(f"{what} not ready within {timeout_s:g}s{why}") from None
 
 
 async def ensure_database(server_url: str, name: str) -> None:
@@ -79,7 +99,35 @@ async def ensure_database(server_url: str, name: str) -> None:
         await conn.close()
 
 
+def listening_ports(topology: Topology) -> list[Port]:
+    """The fixed ports the topology's processes listen on (workers take any free one)."""
+    found = [Port(number=topology.master.http_port, what="the master's HTTP port"),
+             Port(number=topology.master.grpc_port, what="the master's gRPC port")]
+    found += [Port(number=r.grpc_port, what=f"region {r.name}'s gRPC port")
+              for r in topology.regions]
+    return found
+
+
 async def run(topology: Topology, settings: UpSettings) -> int:
+    """Run the topology until Ctrl-C or SIGTERM; its exit code.
+
+    Refuses at once, before starting anything, when another ``strata up`` holds the
+    data dir (:class:`~strata.local.instance.AlreadyRunning`, naming it) or a port of
+    the topology is taken (:class:`~strata.local.ports.PortInUse`)."""
+    api = f"http://{launcher.LOCALHOST}:{topology.master.http_port}"
+    with contextlib.ExitStack() as held:
+        if not settings.database_url:
+            # The embedded server's data dir is this run's alone. With a database of the
+            # user's own no data dir is in use: the port check below still applies.
+            held.enter_context(instance.hold(settings.data_dir, api=api))
+        ports.ensure_free(
+            listening_ports(topology),
+            hint=f"is another strata up running? Stop it, or give topology "
+                 f"{topology.name!r} other ports")
+        return await _run(topology, settings, api)
+
+
+async def _run(topology: Topology, settings: UpSettings, api: str) -> int:
     from strata.local.postgres import EmbeddedPostgres
 
     embedded: EmbeddedPostgres | None = None
@@ -89,7 +137,15 @@ async def run(topology: Topology, settings: UpSettings) -> int:
         embedded = EmbeddedPostgres(data_dir, port=settings.pg_port)
         print(f"strata | starting embedded PostgreSQL in {data_dir}", flush=True)
         await asyncio.to_thread(embedded.start)
-        await ensure_database(embedded.url, EMBEDDED_DATABASE)
+        if embedded.adopted_pid is not None:
+            print(f"strata | PostgreSQL (pid {embedded.adopted_pid}) was already running in "
+                  f"{data_dir}: using it, and leaving it running when this run stops",
+                  flush=True)
+        try:
+            await ensure_database(embedded.url, EMBEDDED_DATABASE)
+        except BaseException:
+            await asyncio.to_thread(embedded.stop)
+            raise
         database_url = embedded.url_for(EMBEDDED_DATABASE)
 
     stop = asyncio.Event()
@@ -98,7 +154,6 @@ async def run(topology: Topology, settings: UpSettings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     supervisor = Supervisor(plan(topology, database_url))
-    api = f"http://127.0.0.1:{topology.master.http_port}"
     client = Client(api, timeout_s=2)
 
     async def master_ready() -> bool:
@@ -114,9 +169,11 @@ async def run(topology: Topology, settings: UpSettings) -> int:
         return len(live) >= sum(r.workers for r in topology.regions)
 
     async def bring_up() -> None:
-        await supervisor.start_tier(0, lambda: _poll(master_ready, "master"))
-        await supervisor.start_tier(1, lambda: _poll(regions_ready, "regions"))
-        await supervisor.start_tier(2, lambda: _poll(workers_ready, "workers"))
+        await supervisor.start_tier(0, lambda: wait_ready(master_ready, "the master"))
+        regions = "regions " + ", ".join(r.name for r in topology.regions)
+        await supervisor.start_tier(1, lambda: wait_ready(regions_ready, regions))
+        workers = f"{sum(r.workers for r in topology.regions)} workers"
+        await supervisor.start_tier(2, lambda: wait_ready(workers_ready, workers))
         supervisor.say(
             f"ready: API at {api} ({len(topology.regions)} regions, "
             f"{sum(r.workers for r in topology.regions)} workers); Ctrl-C stops everything"
@@ -128,7 +185,8 @@ async def run(topology: Topology, settings: UpSettings) -> int:
     try:
         done, _ = await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if starting in done and starting.exception() is not None:
-            supervisor.say(f"start-up failed: {starting.exception()}")
+            failure = starting.exception()
+            supervisor.say(f"start-up failed: {str(failure) or repr(failure)}")
             code = 1
         else:
             await stopper

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from strata.common.client import Client
+from strata.local import launcher
 from strata.local.cluster import Cluster, wait_until
 from strata.local.postgres import EmbeddedPostgres, free_port
 
@@ -233,14 +234,14 @@ async def test_two_masters_never_dispatch_the_same_attempt_twice(
 ) -> None:
     await cluster.start_master()
     second_http, second_grpc = free_port(), free_port()
-    cluster._spawn("master2", ["master", "--http-port", str(second_http),
-                               "--grpc-port", str(second_grpc)])
+    cluster._spawn("master2", launcher.master_argv(http_port=second_http,
+                                                   grpc_port=second_grpc))
     # One region reports to each master; both masters delegate to both regions.
     await cluster.start_region("east")
     await cluster.start_worker("east", "east-w1", concurrency=8)
     port = cluster.region_ports.setdefault("west", free_port())
-    cluster._spawn("west", ["regional", "--name", "west", "--grpc-port", str(port),
-                            "--master", f"127.0.0.1:{second_grpc}"])
+    cluster._spawn("west", launcher.regional_argv(
+        name="west", master=launcher.local_address(second_grpc), grpc_port=port))
     await cluster.start_worker("west", "west-w1", concurrency=8)
     record = tmp_path / "executions"
     async with cluster.client() as c, Client(f"http://127.0.0.1:{second_http}") as c2:

@@ -7,10 +7,10 @@ the test's own (``strata up`` embedding PostgreSQL is covered by test_up.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
-import os
 import signal
 import sys
 from collections import Counter
@@ -22,7 +22,8 @@ import psutil
 import pytest
 
 from strata.common.client import Client
-from strata.local import supervisor
+from strata.common.retry import Backoff
+from strata.local import launcher, supervisor
 from strata.local.cluster import wait_until
 from strata.local.postgres import free_port
 from strata.topologies.topology import TOPOLOGY_DIR, Topology, load
@@ -89,8 +90,8 @@ def _has_id(proc: psutil.Process, worker_id: str) -> bool:
 @pytest.fixture
 def three_regions(tmp_path: Path, database_url: str) -> Iterator[Run]:
     topology = on_free_ports(load(TOPOLOGY_DIR / "three-regions.toml"), tmp_path / "three.toml")
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(STRATA_DATABASE_URL=database_url, STRATA_LOG_LEVEL="INFO")
+    env = launcher.child_env({"STRATA_DATABASE_URL": database_url, "STRATA_LOG_LEVEL": "INFO"},
+                             without=("DATABASE_URL",))
     with UpProcess(tmp_path / "three.toml", env) as up:
         run = Run(up, topology)
         up.wait_for(f"ready: API at {run.api} (3 regions, 7 workers)")
@@ -176,7 +177,7 @@ async def test_supervisor_restarts_a_crashing_process_with_growing_backoff(
 ) -> None:
     monkeypatch.setattr(supervisor, "RESTART_MIN_S", 0.1)
     out = io.StringIO()
-    crasher = supervisor.Proc(name="crasher", tier=0, env=supervisor.child_env({}),
+    crasher = supervisor.Proc(name="crasher", tier=0, env=launcher.child_env(),
                               argv=[sys.executable, "-c", "print('boom'); raise SystemExit(3)"])
     sup = supervisor.Supervisor([crasher], out=out)
 
@@ -194,3 +195,35 @@ async def test_supervisor_restarts_a_crashing_process_with_growing_backoff(
 
 async def _at_least(proc: supervisor.Proc, restarts: int) -> bool:
     return proc.restarts >= restarts
+
+
+async def test_supervisor_backoff_starts_over_after_a_healthy_run(tmp_path: Path) -> None:
+    """Runs 1, 2 and 4 crash at once; run 3 stays up past healthy_after_s before it
+    exits, so the delay after it is the first one again, not the doubled one."""
+    runs = tmp_path / "runs"
+    script = (
+        "import pathlib, sys, time\n"
+        f"runs = pathlib.Path({str(runs)!r})\n"
+        "n = len(runs.read_text()) + 1 if runs.exists() else 1\n"
+        "runs.write_text('x' * n)\n"
+        "print(f'run {n}')\n"
+        "time.sleep(1.5 if n == 3 else 0)\n"
+        "sys.exit(n)\n"
+    )
+    out = io.StringIO()
+    flaky = supervisor.Proc(name="flaky", tier=0, env=launcher.child_env(),
+                            argv=[sys.executable, "-c", script])
+    backoff = Backoff(initial_s=0.1, max_s=10.0, jitter_s=0.0, healthy_after_s=1.0)
+    sup = supervisor.Supervisor([flaky], out=out, backoff=backoff)
+
+    async def restarted_four_times() -> None:
+        await wait_until(lambda: _at_least(flaky, 4), what="four restarts")
+
+    await sup.start_tier(0, restarted_four_times)
+    await sup.stop()
+    # Stopped for good: no restart loop left to start it again, no process left running.
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "flaky"]
+    assert flaky.process is not None and flaky.process.returncode is not None
+    said = [line for line in out.getvalue().splitlines() if "restarting in" in line]
+    assert said[:4] == [f"strata | flaky exited with code {n}; restarting in {d}s (restart {n})"
+                        for n, d in ((1, "0.1"), (2, "0.2"), (3, "0.1"), (4, "0.2"))], said

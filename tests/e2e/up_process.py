@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+
+from strata.local import launcher
 
 STOP_TIMEOUT_S = 60.0
 Match = str | Callable[[str], bool]
@@ -22,7 +23,7 @@ Match = str | Callable[[str], bool]
 class UpProcess:
     def __init__(self, topology: Path, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "strata", "up", str(topology)], env=env,
+            launcher.up_argv(topology), env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         self._lines: list[str] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ import asyncpg
 import pytest
 
 from strata.common.models import NewTask
-from strata.local.postgres import EmbeddedPostgres, free_port
+from strata.local.postgres import EmbeddedPostgres, PostgresLaunchError, free_port
 from strata.master.db import Database
 
 pytestmark = pytest.mark.integration
@@ -84,6 +85,41 @@ async def test_restart_on_same_data_dir_keeps_data(tmp_path: Path) -> None:
         assert await _fetchval(server.url, "SELECT n FROM kept") == 42
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_server_found_running_is_adopted_and_never_stopped(tmp_path: Path) -> None:
+    """A second EmbeddedPostgres on the same data dir (as a second strata up would be)
+    uses the running server, and its stop() leaves it to the one that started it."""
+    owner = EmbeddedPostgres(tmp_path / "data", port=free_port())
+    try:
+        await asyncio.to_thread(owner.start)
+        assert owner.adopted_pid is None
+        started = await _fetchval(owner.url, "SELECT pg_postmaster_start_time()")
+        pid = int((tmp_path / "data" / "postmaster.pid").read_text().split()[0])
+
+        guest = EmbeddedPostgres(tmp_path / "data", port=owner.port)
+        await asyncio.to_thread(guest.start)
+        assert guest.adopted_pid == pid
+        await asyncio.to_thread(guest.stop)
+
+        assert await _fetchval(owner.url, "SELECT pg_postmaster_start_time()") == started
+        assert (tmp_path / "data" / "postmaster.pid").exists()
+        await asyncio.to_thread(owner.stop)
+        assert not (tmp_path / "data" / "postmaster.pid").exists()
+    finally:
+        await asyncio.to_thread(owner.stop)
+
+
+async def test_a_port_taken_by_another_program_is_named(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        server = EmbeddedPostgres(tmp_path / "data", port=port)
+        with pytest.raises(PostgresLaunchError, match=f"port {port} on 127.0.0.1 is already "
+                                                      "in use by another program"):
+            await asyncio.to_thread(server.start)
+    assert not (tmp_path / "data" / "postmaster.pid").exists()
 
 
 async def _execute(url: str, *statements: str) -> None:
