@@ -372,15 +372,18 @@ async def test_a_task_that_leaves_nothing_running_killed_nothing(runner: Runner)
     assert outcome.ok and outcome.killed_processes == 0
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for its parent does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
 async def wait_gone(pid: int) -> None:
-    """Until ``pid`` is no longer a running process (a zombie waiting to be reaped by
-    its parent counts as gone)."""
     for _ in range(500):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                if stat.read().rpartition(b")")[2].split()[0] == b"Z":
-                    return
-        except FileNotFoundError:
+        if not _running(pid):
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"process {pid} still runs")
