@@ -4,109 +4,89 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
+from strata import commands
 from strata.common import logs
 from strata.common.errors import StrataError
 from strata.common.settings import MasterSettings, RegionalSettings, UpSettings, WorkerSettings
-
-
-def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
-    """Only the flags the user passed: the rest come from STRATA_* and .env."""
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+from strata.flags import add_settings_flags, settings_from
 
 
 def _parser() -> argparse.ArgumentParser:
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each subcommand's own parser (for its usage on a bad value)."""
     p = argparse.ArgumentParser(prog="strata", description="Hierarchical task scheduler.")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subs: dict[str, argparse.ArgumentParser] = {}
 
-    up = sub.add_parser("up", help="run a topology as local processes")
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        subs[name] = sub.add_parser(name, help=help_text, description=help_text)
+        return subs[name]
+
+    up = command("up", "run a topology as local processes (embedded PostgreSQL unless "
+                       "a database is configured)")
     up.add_argument("topology", nargs="?", help="topology file (default: topologies/local.toml)")
+    add_settings_flags(up, UpSettings)
 
-    c = sub.add_parser("compose", help="print a topology as a Docker Compose file")
+    c = command("compose", "print a topology as a Docker Compose file")
     c.add_argument("topology", help="topology file, e.g. topologies/three-regions.toml")
 
-    m = sub.add_parser("master", help="run the master (REST + gRPC + scanner)")
-    m.add_argument("--http-port", type=int)
-    m.add_argument("--http-host")
-    m.add_argument("--grpc-port", type=int)
-    m.add_argument("--grpc-host")
-    m.add_argument("--database-url")
+    add_settings_flags(command("master", "run the master (REST + gRPC + scanner)"),
+                       MasterSettings)
+    add_settings_flags(command("regional", "run a regional coordinator"), RegionalSettings)
+    add_settings_flags(command("worker", "run a worker"), WorkerSettings)
+    add_settings_flags(command("migrate", "apply database migrations, then exit"),
+                       MasterSettings)
 
-    r = sub.add_parser("regional", help="run a regional coordinator")
-    r.add_argument("--name")
-    r.add_argument("--master", help="HOST:PORT of the master's gRPC server")
-    r.add_argument("--grpc-port", type=int)
-    r.add_argument("--grpc-host")
-    r.add_argument("--advertise", help="HOST:PORT the master should dial")
-
-    w = sub.add_parser("worker", help="run a worker")
-    w.add_argument("--region", help="HOST:PORT of the region's gRPC server")
-    w.add_argument("--concurrency", type=int)
-    w.add_argument("--http-port", type=int)
-    w.add_argument("--http-host")
-    w.add_argument("--id")
-    w.add_argument("--python-module", action="append", dest="python_modules",
-                   help="allow python handlers from this module (repeatable)")
-
-    mg = sub.add_parser("migrate", help="apply database migrations")
-    mg.add_argument("--database-url")
-
-    s = sub.add_parser("submit", help="schedule a shell task")
-    s.add_argument("--command", required=True, dest="shell_command")
+    s = command("submit", "schedule a shell task; prints its id")
+    s.add_argument("--command", required=True, dest="shell_command", metavar="COMMAND",
+                   help="the shell command to run (by /bin/sh -c)")
     s.add_argument("--at", help="ISO 8601 time to run at (default: now)")
-    s.add_argument("--region")
-    s.add_argument("--priority", type=int)
-    s.add_argument("--max-attempts", type=int)
-    s.add_argument("--timeout", type=float, dest="timeout_s")
-    s.add_argument("--wait", action="store_true", help="wait and print the final state")
-    s.add_argument("--api", default=None)
+    s.add_argument("--region", help="run it only in this region")
+    s.add_argument("--priority", type=int, help="higher runs first (default: 0)")
+    s.add_argument("--max-attempts", type=int, help="attempts before it fails (default: 1)")
+    s.add_argument("--timeout", type=float, dest="timeout_s", metavar="SECONDS",
+                   help="each attempt's time limit (default: 3600)")
+    s.add_argument("--wait", action="store_true",
+                   help="wait for the end; print the state and the output (exit 1 if it "
+                        "did not succeed)")
+    commands.add_api_flag(s)
 
-    st = sub.add_parser("status", help="show a task")
-    st.add_argument("task_id")
-    st.add_argument("--api", default=None)
-    return p
+    st = command("status", "show a task as JSON")
+    st.add_argument("task_id", help="the task's id")
+    commands.add_api_flag(st)
 
+    ls = command("list", "list tasks, oldest first")
+    ls.add_argument("--state", help="only tasks in this state")
+    ls.add_argument("--region", help="only tasks of this region")
+    ls.add_argument("--kind", help="only tasks of this kind")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    ls.add_argument("--newest-first", action="store_true", help="newest first")
+    commands.add_api_flag(ls)
 
-def _api(args: argparse.Namespace) -> str:
-    return str(args.api or os.environ.get("STRATA_API", "http://127.0.0.1:8080"))
-
-
-async def _submit(args: argparse.Namespace) -> int:
-    from strata.common.client import Client
-
-    body: dict[str, Any] = {"kind": "shell", "command": args.shell_command}
-    if args.at:
-        body["run_at"] = args.at
-    for key in ("region", "priority", "max_attempts", "timeout_s"):
-        if getattr(args, key) is not None:
-            body[key] = getattr(args, key)
-    async with Client(_api(args)) as client:
-        task = await client.create(**body)
-        print(task["id"], flush=True)
-        if not args.wait:
-            return 0
-        final = await client.wait(task["id"], timeout_s=float("inf"))
-        print(final["state"])
-        return 0 if final["state"] == "succeeded" else 1
-
-
-async def _status(args: argparse.Namespace) -> int:
-    from strata.common.client import Client
-
-    async with Client(_api(args)) as client:
-        print(json.dumps(await client.get(args.task_id), indent=2))
-    return 0
+    for name, help_text in (("cancel", "cancel a task that has not finished"),
+                            ("logs", "print a task's stdout and stderr (each marked if cut "
+                                     "to its tail)"),
+                            ("retry", "run a failed or cancelled task again, as a new "
+                                      "task; prints its id")):
+        one = command(name, help_text)
+        one.add_argument("task_id", help="the task's id")
+        commands.add_api_flag(one)
+    return p, subs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser, subs = _build()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # told with the subcommand's own usage, not the top-level one
+        subs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        code = _dispatch(args)
+        code = _dispatch(args, subs[args.command])
     except StrataError as exc:
         print(f"strata: {exc}", file=sys.stderr)
         code = 2
@@ -115,35 +95,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code)
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+CLIENT_COMMANDS = {
+    "submit": commands.submit, "status": commands.status, "list": commands.list_tasks,
+    "cancel": commands.cancel, "logs": commands.logs, "retry": commands.retry,
+}
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.command in CLIENT_COMMANDS:
+        return asyncio.run(commands.run(args, CLIENT_COMMANDS[args.command]))
     if args.command == "master":
         from strata.master import app as master_app
 
-        ms = MasterSettings(**_given(args, "http_port", "http_host", "grpc_port", "grpc_host",
-                                     "database_url"))
+        ms = settings_from(parser, args, MasterSettings)
         logs.configure(ms.log_level)
         asyncio.run(master_app.serve(ms))
         return 0
     if args.command == "regional":
         from strata.regional import app as regional_app
 
-        rs = RegionalSettings(**_given(args, "name", "master", "grpc_port", "grpc_host",
-                                       "advertise"))
+        rs = settings_from(parser, args, RegionalSettings)
         logs.configure(rs.log_level)
         asyncio.run(regional_app.serve(rs))
         return 0
     if args.command == "worker":
         from strata.worker import app as worker_app
 
-        ws = WorkerSettings(**_given(args, "region", "concurrency", "http_port", "http_host",
-                                     "id", "python_modules"))
+        ws = settings_from(parser, args, WorkerSettings)
         logs.configure(ws.log_level)
         asyncio.run(worker_app.serve(ws))
         return 0
     if args.command == "migrate":
         from strata.master import app as master_app
 
-        ms = MasterSettings(**_given(args, "database_url"))
+        ms = settings_from(parser, args, MasterSettings)
         logs.configure(ms.log_level)
         applied = asyncio.run(master_app.migrate(ms))
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
@@ -153,7 +138,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from strata.topologies.topology import DEFAULT_TOPOLOGY, load
 
         topology = load(args.topology or DEFAULT_TOPOLOGY)
-        us = UpSettings()
+        us = settings_from(parser, args, UpSettings)
         logs.configure(us.log_level)
         return asyncio.run(up.run(topology, us))
     if args.command == "compose":
@@ -168,10 +153,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.topology}: {exc}") from None
         sys.stdout.write(text)
         return 0
-    if args.command == "submit":
-        return asyncio.run(_submit(args))
-    if args.command == "status":
-        return asyncio.run(_status(args))
     raise AssertionError(args.command)
 
 

@@ -64,6 +64,15 @@ class Client:
         result: dict[str, Any] = await self.request("GET", f"/v1/tasks/{task_id}")
         return result
 
+    async def list_tasks(self, **params: str) -> dict[str, Any]:
+        """One page: {"tasks": [...], "next_cursor": ...}."""
+        result: dict[str, Any] = await self.request("GET", "/v1/tasks", params=params)
+        return result
+
+    async def retry(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", f"/v1/tasks/{task_id}/retry")
+        return result
+
     async def cancel(self, task_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", f"/v1/tasks/{task_id}/cancel")
         return result

@@ -33,50 +33,78 @@ DEFAULT_CLAIM_BATCH = 1000
 DEFAULT_CONCURRENCY = 8
 
 
+_DATABASE_URL = AliasChoices("STRATA_DATABASE_URL", "DATABASE_URL", "database_url")
+
+
 class _Base(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STRATA_", env_file=".env", extra="ignore", populate_by_name=True
     )
 
-    log_level: str = "INFO"
-    heartbeat_interval: Seconds = DEFAULT_HEARTBEAT_INTERVAL
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    heartbeat_interval: Seconds = Field(
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        description="seconds between worker -> region and region -> master heartbeats")
 
 
 class MasterSettings(_Base):
     database_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("STRATA_DATABASE_URL", "DATABASE_URL",
-                                                    "database_url"))
-    http_host: str = "127.0.0.1"
-    http_port: int = DEFAULT_HTTP_PORT
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = DEFAULT_GRPC_PORT
-    region_dead_after: Seconds = DEFAULT_REGION_DEAD_AFTER
-    scan_interval: Seconds = DEFAULT_SCAN_INTERVAL
-    claim_batch: int = Field(default=DEFAULT_CLAIM_BATCH, ge=1, le=10_000)
-    db_pool_size: int = Field(default=8, ge=2, le=100)
+        default=None, validation_alias=_DATABASE_URL,
+        description="PostgreSQL URL (also DATABASE_URL)")
+    http_host: str = Field(default="127.0.0.1", description="address the REST API listens on")
+    http_port: int = Field(default=DEFAULT_HTTP_PORT, description="REST API port")
+    grpc_host: str = Field(default="127.0.0.1",
+                           description="address the gRPC server (for regions) listens on")
+    grpc_port: int = Field(default=DEFAULT_GRPC_PORT, description="gRPC port")
+    region_dead_after: Seconds = Field(
+        default=DEFAULT_REGION_DEAD_AFTER,
+        description="seconds of silence after which a region is down and its work reclaimed")
+    scan_interval: Seconds = Field(
+        default=DEFAULT_SCAN_INTERVAL,
+        description="seconds between safety-net scans (inserts wake the scanner at once)")
+    claim_batch: int = Field(default=DEFAULT_CLAIM_BATCH, ge=1, le=10_000,
+                             description="most tasks claimed for one region at once")
+    db_pool_size: int = Field(default=8, ge=2, le=100, description="database connections")
     # A statement that takes longer fails the request with 503 instead of hanging it.
-    db_command_timeout: Seconds = timedelta(seconds=5)
-    # The scanner's LISTEN connection must echo a NOTIFY this often, or it is replaced.
-    listen_probe_interval: Seconds = timedelta(seconds=5)
-    breaker_failures: int = Field(default=3, ge=1)
-    breaker_reset: Seconds = timedelta(seconds=2)
-    retry_backoff_base: Seconds = timedelta(seconds=1)
-    retry_backoff_max: Seconds = timedelta(minutes=5)
+    db_command_timeout: Seconds = Field(
+        default=timedelta(seconds=5),
+        description="seconds a statement may take before its request fails with 503")
+    listen_probe_interval: Seconds = Field(
+        default=timedelta(seconds=5),
+        description="seconds between checks that the scanner's LISTEN connection delivers")
+    breaker_failures: int = Field(default=3, ge=1,
+                                  description="consecutive failures that open a breaker")
+    breaker_reset: Seconds = Field(default=timedelta(seconds=2),
+                                   description="seconds an open breaker waits to try again")
+    retry_backoff_base: Seconds = Field(
+        default=timedelta(seconds=1),
+        description="seconds before the first retry of a failed attempt (doubles each time)")
+    retry_backoff_max: Seconds = Field(default=timedelta(minutes=5),
+                                       description="longest wait before a retry, seconds")
 
 
 class RegionalSettings(_Base):
-    name: str = "local"
-    master: str = f"127.0.0.1:{DEFAULT_GRPC_PORT}"
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = 50061
-    advertise: str | None = None
-    worker_dead_after: Seconds = DEFAULT_WORKER_DEAD_AFTER
+    name: str = Field(default="local", description="the region's name")
+    master: str = Field(default=f"127.0.0.1:{DEFAULT_GRPC_PORT}",
+                        description="HOST:PORT of the master's gRPC server")
+    grpc_host: str = Field(default="127.0.0.1", description="address the gRPC server listens on")
+    grpc_port: int = Field(default=50061, description="gRPC port (master and workers dial it)")
+    advertise: str | None = Field(
+        default=None, description="HOST:PORT the master should dial (default: where it listens)")
+    worker_dead_after: Seconds = Field(
+        default=DEFAULT_WORKER_DEAD_AFTER,
+        description="seconds of silence after which a worker is evicted")
     # How many delegated tasks the region may hold beyond what its workers run, as a
     # multiple of its capacity: enough to keep workers busy between two batches.
-    queue_factor: float = Field(default=1.0, ge=0, le=16)
-    report_batch: int = Field(default=1000, ge=1, le=10_000)
-    breaker_failures: int = Field(default=3, ge=1)
-    breaker_reset: Seconds = timedelta(seconds=2)
+    queue_factor: float = Field(
+        default=1.0, ge=0, le=16,
+        description="tasks held beyond what workers run, as a multiple of their capacity")
+    report_batch: int = Field(default=1000, ge=1, le=10_000,
+                              description="most events in one report to the master")
+    breaker_failures: int = Field(default=3, ge=1,
+                                  description="consecutive failures that open a breaker")
+    breaker_reset: Seconds = Field(default=timedelta(seconds=2),
+                                   description="seconds an open breaker waits to try again")
 
     @property
     def advertised_address(self) -> str:
@@ -84,27 +112,35 @@ class RegionalSettings(_Base):
 
 
 class WorkerSettings(_Base):
-    region: str = "127.0.0.1:50061"
-    concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=10_000)
-    http_host: str = "127.0.0.1"
-    http_port: int = 0
-    id: str | None = None
+    region: str = Field(default="127.0.0.1:50061",
+                        description="HOST:PORT of the region's gRPC server")
+    concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=10_000,
+                             description="tasks run at once")
+    http_host: str = Field(default="127.0.0.1",
+                           description="address the health endpoint listens on")
+    http_port: int = Field(default=0, description="health endpoint port (0: any free one)")
+    id: str | None = Field(default=None, description="worker id (default: host-pid-random)")
     # Python handlers may come only from these modules (or their submodules).
-    python_modules: list[str] = Field(default_factory=list)
-    shutdown_grace: Seconds = timedelta(seconds=30)
-    output_limit: int = 64 * 1024
+    python_modules: list[str] = Field(
+        default_factory=list, description="a package python tasks may run handlers from")
+    shutdown_grace: Seconds = Field(
+        default=timedelta(seconds=30),
+        description="seconds a stopping worker lets running tasks finish")
+    output_limit: int = Field(default=64 * 1024, ge=1,
+                              description="bytes of each output stream kept (the tail)")
 
 
 class UpSettings(_Base):
     """What ``strata up`` needs beyond the topology file."""
 
     database_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("STRATA_DATABASE_URL", "DATABASE_URL",
-                                                    "database_url"))
-    data_dir: Path = Path("~/.local/share/strata")
+        default=None, validation_alias=_DATABASE_URL,
+        description="PostgreSQL URL (also DATABASE_URL); without it, an embedded one")
+    data_dir: Path = Field(default=Path("~/.local/share/strata"),
+                           description="where the embedded PostgreSQL keeps its data")
+    pg_port: int = Field(default=54329, description="the embedded PostgreSQL's port")
 
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
-    pg_port: int = 54329

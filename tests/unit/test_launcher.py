@@ -8,15 +8,27 @@ import sys
 
 import pytest
 
-from strata.cli import _parser
+from strata.cli import _build
+from strata.common.settings import MasterSettings, RegionalSettings, WorkerSettings
+from strata.flags import settings_from
 from strata.local import launcher
+
+SETTINGS = {"master": MasterSettings, "regional": RegionalSettings, "worker": WorkerSettings}
 
 PREFIX = [sys.executable, "-m", "strata"]
 
 
 def _parsed(argv: list[str]) -> dict[str, object]:
+    """What the strata command reads from ``argv``: its arguments and, for a process,
+    the settings it runs with."""
     assert argv[:3] == PREFIX, argv
-    return vars(_parser().parse_args(argv[3:]))
+    parser, subs = _build()
+    args = parser.parse_args(argv[3:])
+    parsed = vars(args)
+    if args.command in SETTINGS:
+        settings = settings_from(subs[args.command], args, SETTINGS[args.command])
+        parsed |= {name: getattr(settings, name) for name in type(settings).model_fields}
+    return parsed
 
 
 def _reads(argv: list[str], **expected: object) -> None:

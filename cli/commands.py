@@ -1,0 +1,132 @@
+"""The commands that talk to a running master over REST: submit, status, list, cancel,
+logs and retry. An answer the API refuses (a 4xx) is printed as ``strata: <message>``
+on stderr with exit code 1, as is a master that cannot be reached."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+from strata.common.client import TERMINAL, Client
+from strata.common.errors import StrataError
+
+DEFAULT_API = "http://127.0.0.1:8080"
+PAGE = 1000
+
+
+def api_of(args: argparse.Namespace) -> str:
+    return str(args.api or os.environ.get("STRATA_API", DEFAULT_API))
+
+
+def add_api_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", default=None, metavar="URL",
+                        help=f"the master's REST API (default: $STRATA_API or {DEFAULT_API})")
+
+
+async def run(args: argparse.Namespace,
+              command: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> int:
+    try:
+        async with Client(api_of(args)) as client:
+            return await command(client, args)
+    except StrataError as exc:
+        print(f"strata: {exc}", file=sys.stderr)
+        return 1
+
+
+def _print_stream(text: str | None, cut: bool, name: str, out: TextIO) -> None:
+    if cut:
+        print(f"[{name} cut: only its tail was kept]", file=out)
+    if text:
+        out.write(text if text.endswith("\n") else text + "\n")
+
+
+def print_result(task: dict[str, Any], *, headers: bool) -> None:
+    """A task's stdout to stdout and its stderr to stderr, each marked if it was cut."""
+    result = task["result"]
+    for name, out, cut in (("output", sys.stdout, "output_truncated"),
+                           ("stderr", sys.stderr, "stderr_truncated")):
+        text = result.get(name)
+        if headers and (text or result.get(cut)):
+            print(f"--- {'stdout' if name == 'output' else 'stderr'} ---", file=out)
+        _print_stream(text, bool(result.get(cut)), name, out)
+    out_of = sys.stdout if task["state"] == "succeeded" else sys.stderr
+    if result.get("killed_processes"):
+        print(f"[{result['killed_processes']} processes it left running were killed]",
+              file=out_of)
+    sys.stdout.flush()
+
+
+async def submit(client: Client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"kind": "shell", "command": args.shell_command}
+    if args.at:
+        body["run_at"] = args.at
+    for key in ("region", "priority", "max_attempts", "timeout_s"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    task = await client.create(**body)
+    print(task["id"], flush=True)
+    if not args.wait:
+        return 0
+    final = await client.wait(task["id"], timeout_s=float("inf"))
+    if final["state"] == "succeeded":
+        print(final["state"], flush=True)
+        print_result(final, headers=True)
+        return 0
+    error = final["result"].get("error")
+    print(final["state"] + (f": {error}" if error else ""), flush=True)
+    print_result(final, headers=True)
+    return 1
+
+
+async def status(client: Client, args: argparse.Namespace) -> int:
+    print(json.dumps(await client.get(args.task_id), indent=2))
+    return 0
+
+
+async def list_tasks(client: Client, args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("state", args.state), ("region", args.region),
+                                ("kind", args.kind)) if v}
+    if args.newest_first:
+        params["order"] = "desc"
+    rows: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while len(rows) < args.limit:
+        page = await client.list_tasks(
+            **params, limit=str(min(PAGE, args.limit - len(rows))),
+            **({"cursor": cursor} if cursor else {}))
+        rows += page["tasks"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    table = [("ID", "STATE", "KIND", "REGION", "ATTEMPT", "CREATED")] + [
+        (t["id"], t["state"], t["kind"], t["region"] or "-", str(t["attempt"]),
+         t["created_at"]) for t in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+    return 0
+
+
+async def cancel(client: Client, args: argparse.Namespace) -> int:
+    task = await client.cancel(args.task_id)
+    print(task["state"])
+    return 0
+
+
+async def logs(client: Client, args: argparse.Namespace) -> int:
+    task = await client.get(args.task_id)
+    if task["state"] not in TERMINAL:
+        print(f"[task is {task['state']}: its output is kept when it ends]", file=sys.stderr)
+    print_result(task, headers=False)
+    return 0
+
+
+async def retry(client: Client, args: argparse.Namespace) -> int:
+    task = await client.retry(args.task_id)
+    print(task["id"])
+    return 0
