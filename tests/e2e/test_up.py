@@ -84,9 +84,10 @@ def test_up_runs_a_task_persists_data_and_ctrl_c_leaves_nothing(
         first.wait_for(f"ready: API at {api}")
         children = first.children()
         assert len(children) >= 5, children  # master, two regions, two workers
-        task_id, state = _cli(env, "submit", "--command", "echo persisted", "--wait",
-                              "--api", api)
+        task_id, state, *output = _cli(env, "submit", "--command", "echo persisted",
+                                       "--wait", "--api", api)
         assert state == "succeeded"
+        assert output == ["---", "stdout", "---", "persisted"]
         code = first.interrupt()
     assert code == 0, "".join(first.lines[-40:])
     out = first.output
@@ -137,7 +138,8 @@ def test_a_second_up_refuses_at_once_and_leaves_the_first_running(
         # The first one still serves, on the same PostgreSQL, and never restarted anything.
         with urllib.request.urlopen(f"{api}/readyz", timeout=10) as ready:
             assert ready.status == 200
-        _, state = _cli(env, "submit", "--command", "echo still here", "--wait", "--api", api)
+        _, state, *_ = _cli(env, "submit", "--command", "echo still here", "--wait",
+                            "--api", api)
         assert state == "succeeded"
         assert [p.pid for p in _postgres_of(data_home)] == [p.pid for p in postgres]
         assert "restarting" not in first.output
