@@ -52,10 +52,11 @@ class Uplink:
     """What flows from the region to the master: heartbeats built from the coordinator,
     and buffered events and hand-backs. Answers are applied to the coordinator."""
 
-    def __init__(self, settings: RegionalSettings, link: MasterLink,
+    def __init__(self, settings: RegionalSettings, link: MasterLink, lease: Lease,
                  coordinator: Coordinator, events: Batcher[pb.TaskEvent]) -> None:
         self._settings = settings
         self._link = link
+        self._lease = lease
         self._coordinator = coordinator
         self.events = events
         self.hand_backs: Batcher[tuple[pb.TaskSpec, str]] = Batcher(
@@ -122,14 +123,15 @@ class Uplink:
             ],
         )
         # A beat is due every interval: one that takes much longer is as good as lost.
-        reply = await self._link.heartbeat(request, taken=taken,
-                                           deadline_s=max(1.0, 2 * self.interval_s))
+        reply = await self._link.heartbeat(request, deadline_s=max(1.0, 2 * self.interval_s))
         if reply is None:
             return False
         if not reply.known:
-            # Everything we held when this beat left was reclaimed meanwhile.
+            # Everything we held when this beat left was reclaimed meanwhile: drop it
+            # before the renewed lease lets any of it start.
             c.forget(held_now)
-        c.assign()  # the lease may have been renewed: start what waited for it
+        self._lease.renew(beat_taken=taken)
+        c.assign()  # start what waited for the lease
         return True
 
 
@@ -148,7 +150,7 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
         lambda batch: uplink.report(batch), max_size=settings.report_batch,
         limit=EVENT_BUFFER, name="report",
     )
-    uplink = Uplink(settings, link, coordinator, events)
+    uplink = Uplink(settings, link, lease, coordinator, events)
     server = channels.server()
     rpc.add_RegionServicer_to_server(
         RegionService(coordinator, events, settings.heartbeat_interval.total_seconds()),

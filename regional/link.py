@@ -1,8 +1,10 @@
 """The region's calls up to the master: register, heartbeat, report, hand back.
 
-Each call goes through one breaker (tenacity retries inside it); every answer renews the
-region's lease. The link knows nothing of the coordinator: the composition root
-(``regional.app``) builds what it sends and applies what comes back."""
+Each call goes through one breaker (tenacity retries inside it). Only registering and
+heartbeats renew the region's lease: the master judges a region by its heartbeats, and
+answers a report even from a region it has already declared down. The link knows
+nothing of the coordinator: the composition root (``regional.app``) builds what it
+sends and applies what comes back."""
 
 from __future__ import annotations
 
@@ -63,10 +65,9 @@ class MasterLink:
         )
         return reply
 
-    async def heartbeat(self, request: pb.RegionHeartbeat, *, taken: float, deadline_s: float
+    async def heartbeat(self, request: pb.RegionHeartbeat, *, deadline_s: float
                         ) -> pb.HeartbeatReply | None:
-        """One beat; None if the master could not be reached (logged). ``taken`` is when
-        (monotonic) the beat's list of held attempts was taken: an answer renews them."""
+        """One beat; None if the master could not be reached (logged)."""
         try:
             reply: pb.HeartbeatReply = await self.breaker.call(
                 lambda: self._stub.Heartbeat(request, timeout=deadline_s)
@@ -77,7 +78,6 @@ class MasterLink:
                 extra={"action": "heartbeat_failed", "region": self._settings.name},
             )
             return None
-        self._lease.renew(beat_taken=taken)
         return reply
 
     async def report(self, events: list[pb.TaskEvent]) -> list[TaskRef]:
@@ -86,7 +86,6 @@ class MasterLink:
         reply = await self.breaker.call(
             lambda: self._stub.Report(request, timeout=CALL_TIMEOUT_S)
         )
-        self._lease.renew()
         logger.debug("master applied %d of %d events", reply.applied, len(events),
                      extra={"action": "reported", "region": self._settings.name})
         return [TaskRef(r.task_id, r.attempt) for r in reply.stale]
@@ -99,7 +98,6 @@ class MasterLink:
         )
         reply = await self.breaker.call(
             lambda: self._stub.HandBack(request, timeout=CALL_TIMEOUT_S))
-        self._lease.renew()
         # Fewer back than sent: the rest were no longer ours (reclaimed, cancelled).
         logger.info(
             "master took back %d of %d tasks (%s)", reply.returned, len(specs), reason,
