@@ -302,8 +302,9 @@ class Database:
         return count
 
     @_wrap
-    async def next_due(self) -> datetime | None:
-        value: datetime | None = await self._pool.fetchval(Q["next_due"])
+    async def next_due(self, regions: Sequence[str]) -> datetime | None:
+        """When the next task due for these live regions (or for any region) is due."""
+        value: datetime | None = await self._pool.fetchval(Q["next_due"], list(regions))
         return value
 
     @_wrap
@@ -391,8 +392,9 @@ class Database:
 
     @_wrap
     async def counts_by_state(self) -> dict[str, int]:
+        """How many tasks are in each state (a state with none is left out)."""
         rows = await self._pool.fetch(Q["count_by_state"])
-        return {r["state"]: r["n"] for r in rows}
+        return {r["state"]: r["n"] for r in rows if r["n"]}
 
     # ---- regions ------------------------------------------------------------
 
