@@ -62,6 +62,7 @@ def test_a_list_setting_is_a_repeatable_flag():
     (["worker", "--concurrency", "0"], "--concurrency"),
     (["regional", "--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
     (["master", "--region-dead-after", "soon"], "--region-dead-after"),
+    (["list", "--limit", "0"], "argument --limit: must be 1 or more, not 0"),
 ])
 def test_a_bad_flag_or_value_prints_the_subcommands_usage(argv: list[str], says: str):
     result = subprocess.run([sys.executable, "-m", "strata", *argv], capture_output=True,
