@@ -14,6 +14,16 @@ from strata.common.settings import MasterSettings, RegionalSettings, UpSettings,
 from strata.flags import add_settings_flags, settings_from
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     return _build()[0]
 
@@ -65,7 +75,8 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     ls.add_argument("--state", help="only tasks in this state")
     ls.add_argument("--region", help="only tasks of this region")
     ls.add_argument("--kind", help="only tasks of this kind")
-    ls.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    ls.add_argument("--limit", type=_positive, default=50, metavar="N",
+                    help="at most this many (default: 50)")
     ls.add_argument("--newest-first", action="store_true", help="newest first")
     commands.add_api_flag(ls)
 

@@ -42,10 +42,12 @@ def _print_stream(text: str | None, cut: bool, name: str, out: TextIO) -> None:
         print(f"[{name} cut: only its tail was kept]", file=out)
     if text:
         out.write(text if text.endswith("\n") else text + "\n")
+    # Both streams often end in one terminal or file: stdout must be out before stderr.
+    out.flush()
 
 
 def print_result(task: dict[str, Any], *, headers: bool) -> None:
-    """A task's stdout to stdout and its stderr to stderr, each marked if it was cut."""
+    """A task's stdout to stdout, then its stderr to stderr, each marked if it was cut."""
     result = task["result"]
     for name, out, cut in (("output", sys.stdout, "output_truncated"),
                            ("stderr", sys.stderr, "stderr_truncated")):
@@ -56,8 +58,7 @@ def print_result(task: dict[str, Any], *, headers: bool) -> None:
     out_of = sys.stdout if task["state"] == "succeeded" else sys.stderr
     if result.get("killed_processes"):
         print(f"[{result['killed_processes']} processes it left running were killed]",
-              file=out_of)
-    sys.stdout.flush()
+              file=out_of, flush=True)
 
 
 async def submit(client: Client, args: argparse.Namespace) -> int:
@@ -104,12 +105,18 @@ async def list_tasks(client: Client, args: argparse.Namespace) -> int:
             break
     table = [("ID", "STATE", "KIND", "REGION", "ATTEMPT", "CREATED")] + [
         (t["id"], t["state"], t["kind"], t["region"] or "-", str(t["attempt"]),
-         t["created_at"]) for t in rows]
+         _to_the_second(t["created_at"])) for t in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip())
     return 0
+
+
+def _to_the_second(stamp: str) -> str:
+    """``2030-01-01T03:00:00.123456Z`` as ``2030-01-01T03:00:00Z``: a table needs no more."""
+    whole, dot, _ = stamp.partition(".")
+    return whole + "Z" if dot else stamp
 
 
 async def cancel(client: Client, args: argparse.Namespace) -> int:

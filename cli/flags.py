@@ -36,17 +36,27 @@ def _default_text(field: FieldInfo) -> str:
     return str(default)
 
 
+def _metavar(name: str, field: FieldInfo) -> str:
+    """``SECONDS`` for a duration, else the flag's own name: ``--http-port HTTP_PORT``."""
+    if field.annotation is timedelta:
+        return "SECONDS"
+    return flag_name(name, field).removeprefix("--").replace("-", "_").upper()
+
+
+def _help(name: str, field: FieldInfo) -> str:
+    text = field.description or name
+    if "(default:" not in text:  # a description may say the default better
+        text += f" (default: {_default_text(field)})"
+    return text + ("; repeatable" if _is_list(field) else "")
+
+
 def add_settings_flags(parser: argparse.ArgumentParser, settings: type[BaseSettings]) -> None:
     group = parser.add_argument_group(
         "settings", "each is also a STRATA_* variable or a line in .env; durations in seconds")
     for name, field in settings.model_fields.items():
-        help_text = f"{field.description or name} (default: {_default_text(field)})"
-        if _is_list(field):
-            group.add_argument(flag_name(name, field), dest=name, action="append",
-                               metavar="VALUE", help=help_text + "; repeatable")
-        else:
-            group.add_argument(flag_name(name, field), dest=name, metavar="VALUE",
-                               help=help_text)
+        group.add_argument(flag_name(name, field), dest=name, metavar=_metavar(name, field),
+                           action="append" if _is_list(field) else "store",
+                           help=_help(name, field))
 
 
 def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace,

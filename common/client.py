@@ -13,8 +13,11 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class ApiError(StrataError):
+    """An answer of 4xx or 5xx other than 400 and 404 (which are InvalidInput and
+    NotFound). Its text is the API's own message."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
+        super().__init__(message or f"HTTP {status} ({code})")
         self.status = status
         self.code = code
 
@@ -22,6 +25,7 @@ class ApiError(StrataError):
 class Client:
     def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             connector=aiohttp.TCPConnector(limit=64),
@@ -37,9 +41,17 @@ class Client:
         await self._session.close()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if not self.base_url.lower().startswith(("http://", "https://")):
+            raise InvalidInput(f"not an http:// or https:// URL: {self.base_url!r}")
         try:
             async with self._session.request(method, self.base_url + path, **kwargs) as resp:
-                body = await resp.json(content_type=None)
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    # Not JSON: whatever answers there is not a Strata master.
+                    raise Unavailable(
+                        f"{self.base_url} is not a Strata API: {method} {path} answered "
+                        f"HTTP {resp.status} with a body that is not JSON") from None
                 if resp.status >= 400:
                     err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
                     code, message = err.get("code", "error"), err.get("message", "")
@@ -49,8 +61,14 @@ class Client:
                         raise InvalidInput(message)
                     raise ApiError(resp.status, code, message)
                 return body
+        except aiohttp.InvalidURL as exc:
+            raise InvalidInput(f"not an http:// or https:// URL: {self.base_url!r}") from exc
         except aiohttp.ClientConnectionError as exc:
             raise Unavailable(f"cannot reach {self.base_url}: {exc}") from exc
+        except TimeoutError as exc:
+            # The session's own limit; a caller's deadline cancels instead.
+            raise Unavailable(
+                f"no answer from {self.base_url} within {self.timeout_s:g}s") from exc
 
     async def create(self, **task: Any) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", "/v1/tasks", json=task)

@@ -7,6 +7,7 @@ import argparse
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -39,8 +40,20 @@ def test_every_option_of_every_command_has_help():
     assert missing == []
 
 
+@pytest.mark.parametrize("command", sorted(PROCESSES))
+def test_a_setting_flag_says_its_default_once_and_a_duration_takes_seconds(command: str):
+    _, subs = _build()
+    for action in _options(subs[command]):
+        if action.dest not in PROCESSES[command].model_fields:
+            continue
+        assert action.help is not None and action.help.count("(default:") == 1, action.help
+        field = PROCESSES[command].model_fields[action.dest]
+        assert (action.metavar == "SECONDS") == (field.annotation is timedelta), action.dest
+
+
 def test_flags_given_override_and_the_rest_stay_defaults(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("STRATA_CLAIM_BATCH", raising=False)
+    monkeypatch.delenv("STRATA_SCAN_INTERVAL", raising=False)
     parser, subs = _build()
     args = parser.parse_args(["master", "--region-dead-after", "7.5", "--claim-batch", "20",
                               "--database-url", "postgresql://x/y"])
@@ -49,6 +62,21 @@ def test_flags_given_override_and_the_rest_stay_defaults(monkeypatch: pytest.Mon
     assert settings.claim_batch == 20
     assert settings.database_url == "postgresql://x/y"
     assert settings.scan_interval == MasterSettings.model_fields["scan_interval"].default
+
+
+def test_a_flag_wins_over_the_environment_and_only_flags_given_do(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("STRATA_CONCURRENCY=3\nSTRATA_HTTP_PORT=9101\n")
+    monkeypatch.setenv("STRATA_CONCURRENCY", "5")
+    monkeypatch.setenv("STRATA_SHUTDOWN_GRACE", "12")
+    monkeypatch.delenv("STRATA_HTTP_PORT", raising=False)
+    parser, subs = _build()
+    args = parser.parse_args(["worker", "--concurrency", "7"])
+    settings = settings_from(subs["worker"], args, WorkerSettings)
+    assert settings.concurrency == 7
+    assert settings.shutdown_grace == timedelta(seconds=12)
+    assert settings.http_port == 9101
 
 
 def test_a_list_setting_is_a_repeatable_flag():
@@ -62,6 +90,7 @@ def test_a_list_setting_is_a_repeatable_flag():
     (["worker", "--concurrency", "0"], "--concurrency"),
     (["regional", "--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
     (["master", "--region-dead-after", "soon"], "--region-dead-after"),
+    (["list", "--limit", "0"], "argument --limit: must be 1 or more, not 0"),
 ])
 def test_a_bad_flag_or_value_prints_the_subcommands_usage(argv: list[str], says: str):
     result = subprocess.run([sys.executable, "-m", "strata", *argv], capture_output=True,
