@@ -302,9 +302,8 @@ class Database:
         return count
 
     @_wrap
-    async def next_due(self, regions: Sequence[str]) -> datetime | None:
-        """When the next task due for these live regions (or for any region) is due."""
-        value: datetime | None = await self._pool.fetchval(Q["next_due"], list(regions))
+    async def next_due(self) -> datetime | None:
+        value: datetime | None = await self._pool.fetchval(Q["next_due"])
         return value
 
     @_wrap
@@ -392,9 +391,8 @@ class Database:
 
     @_wrap
     async def counts_by_state(self) -> dict[str, int]:
-        """How many tasks are in each state (a state with none is left out)."""
         rows = await self._pool.fetch(Q["count_by_state"])
-        return {r["state"]: r["n"] for r in rows if r["n"]}
+        return {r["state"]: r["n"] for r in rows}
 
     # ---- regions ------------------------------------------------------------
 

@@ -39,7 +39,6 @@ class Scanner:
         # black-holed region delays only its own batch, never the other regions'.
         self._delegating: dict[str, asyncio.Task[int]] = {}
         self._turn = 0
-        self._live: list[str] = []  # the live regions at the last scan
         # The last scan filled every region's share: more is due than there is room for.
         self._backlogged = False
 
@@ -92,7 +91,7 @@ class Scanner:
 
     async def _idle_timeout(self) -> float:
         timeout = self._settings.scan_interval.total_seconds()
-        next_due = await self._db.next_due(self._live)
+        next_due = await self._db.next_due()
         if next_due is not None:
             until = (next_due - utcnow()).total_seconds()
             if until > 0:
@@ -104,10 +103,8 @@ class Scanner:
         tasks were claimed."""
         # A region whose breaker is open gets nothing: its share stays pending for the
         # regions that answer.
-        live = await self._db.region_room(self._settings.region_dead_after)
-        self._live = [r.name for r in live]
         ready = [
-            r for r in live
+            r for r in await self._db.region_room(self._settings.region_dead_after)
             if r.room > 0 and r.name not in self._delegating
             and self._regions.breaker(r.name).allows_calls
         ]

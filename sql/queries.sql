@@ -14,94 +14,31 @@ WITH inserted AS (
 SELECT (SELECT created_at FROM inserted LIMIT 1) AS created_at, pg_notify('strata_tasks', '');
 
 -- name: claim_due
--- The most urgent due tasks region $1 may run: unpinned, or pinned to it. Each index is
--- read one priority at a time (the levels are found by a skip scan, one probe each), and
--- within a priority only up to the first task not yet due: tasks due later, and tasks
--- pinned to other regions, are never read. Candidates are locked as they are read,
--- skipping any another claim holds; the most urgent of them are claimed.
-WITH RECURSIVE free_levels (p) AS (
-    SELECT max(priority) FROM tasks WHERE state = 'pending' AND region IS NULL
-  UNION ALL
-    SELECT (SELECT max(priority) FROM tasks
-            WHERE state = 'pending' AND region IS NULL AND priority < l.p)
-    FROM free_levels AS l WHERE l.p IS NOT NULL
-), pinned_levels (p) AS (
-    SELECT max(priority) FROM tasks WHERE state = 'pending' AND region = $1
-  UNION ALL
-    SELECT (SELECT max(priority) FROM tasks
-            WHERE state = 'pending' AND region = $1 AND priority < l.p)
-    FROM pinned_levels AS l WHERE l.p IS NOT NULL
-), candidates AS (
-    (SELECT c.id, c.priority, c.run_at
-     FROM free_levels AS l CROSS JOIN LATERAL (
-         SELECT id, priority, run_at FROM tasks
-         WHERE state = 'pending' AND region IS NULL AND priority = l.p AND run_at <= now()
-         ORDER BY priority DESC, run_at LIMIT $2
-         FOR UPDATE SKIP LOCKED) AS c
-     WHERE l.p IS NOT NULL
-     LIMIT $2)
-  UNION ALL
-    (SELECT c.id, c.priority, c.run_at
-     FROM pinned_levels AS l CROSS JOIN LATERAL (
-         SELECT id, priority, run_at FROM tasks
-         WHERE state = 'pending' AND region = $1 AND priority = l.p AND run_at <= now()
-         ORDER BY region, priority DESC, run_at LIMIT $2
-         FOR UPDATE SKIP LOCKED) AS c
-     WHERE l.p IS NOT NULL
-     LIMIT $2)
-), due AS (
-    SELECT id FROM candidates ORDER BY priority DESC, run_at LIMIT $2
+WITH due AS (
+    SELECT id FROM tasks
+    WHERE state = 'pending' AND run_at <= now() AND (region IS NULL OR region = $1)
+    ORDER BY priority DESC, run_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks AS t
 SET state = 'dispatched', attempt = t.attempt + 1, assigned_region = $1,
     picked_at = coalesce(t.picked_at, now()), claimed_at = now(), worker_id = NULL
--- By key, whatever the planner guesses of the candidates' number.
-WHERE t.id = ANY (ARRAY (SELECT id FROM due))
+FROM due
+WHERE t.id = due.id
 RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.priority, t.run_at;
 
 -- name: count_due
 -- How many due tasks the live regions $1 could take, counted up to $2 (their room): a
 -- region's share of a scan follows it, so a small batch is spread, not taken by one.
--- Read like a claim: due tasks only, and only those pinned to the regions counted.
-WITH RECURSIVE free_levels (p) AS (
-    SELECT max(priority) FROM tasks WHERE state = 'pending' AND region IS NULL
-  UNION ALL
-    SELECT (SELECT max(priority) FROM tasks
-            WHERE state = 'pending' AND region IS NULL AND priority < l.p)
-    FROM free_levels AS l WHERE l.p IS NOT NULL
-)
-SELECT
-    (SELECT count(*) FROM (
-        SELECT 1 FROM free_levels AS l CROSS JOIN LATERAL (
-            SELECT 1 FROM tasks
-            WHERE state = 'pending' AND region IS NULL AND priority = l.p AND run_at <= now()
-            ORDER BY priority DESC, run_at LIMIT $2) AS c
-        WHERE l.p IS NOT NULL
-        LIMIT $2) AS free)
-  + (SELECT count(*) FROM (
-        SELECT 1 FROM unnest($1::text[]) AS r (name) CROSS JOIN LATERAL (
-            SELECT 1 FROM tasks
-            WHERE state = 'pending' AND region = r.name AND run_at <= now()
-            LIMIT $2) AS c
-        LIMIT $2) AS pinned);
+SELECT count(*) FROM (
+    SELECT 1 FROM tasks
+    WHERE state = 'pending' AND run_at <= now() AND (region IS NULL OR region = ANY($1::text[]))
+    LIMIT $2
+) AS due;
 
 -- name: next_due
--- When the next pending task is due: the first of each priority level, in each index.
-WITH RECURSIVE free_levels (p) AS (
-    SELECT max(priority) FROM tasks WHERE state = 'pending' AND region IS NULL
-  UNION ALL
-    SELECT (SELECT max(priority) FROM tasks
-            WHERE state = 'pending' AND region IS NULL AND priority < l.p)
-    FROM free_levels AS l WHERE l.p IS NOT NULL
-)
-SELECT least(
-    (SELECT min(c.run_at) FROM free_levels AS l CROSS JOIN LATERAL (
-         SELECT run_at FROM tasks
-         WHERE state = 'pending' AND region IS NULL AND priority = l.p
-         ORDER BY priority DESC, run_at LIMIT 1) AS c
-     WHERE l.p IS NOT NULL),
-    (SELECT min(run_at) FROM tasks
-     WHERE state = 'pending' AND region IS NOT NULL AND region = ANY ($1::text[])));
+SELECT min(run_at) FROM tasks WHERE state = 'pending';
 
 -- name: region_room
 -- Live regions and how many more tasks each will take: what it advertised it holds at
@@ -175,13 +112,7 @@ WITH e AS (
         killed_processes = e.killed_processes
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
-    RETURNING t.id, t.state
-), counted AS (
-    INSERT INTO task_counts (state, slot, n)
-    SELECT u.state, pg_backend_pid() % 16, count(*) FROM updated AS u
-    WHERE u.state IN ('succeeded', 'failed')
-    GROUP BY u.state
-    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+    RETURNING t.id
 )
 SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id);
 
@@ -238,23 +169,12 @@ WITH before AS (
     FROM before b
     WHERE t.id = b.id AND b.state IN ('pending', 'dispatched', 'running')
     RETURNING t.id
-), counted AS (
-    INSERT INTO task_counts (state, slot, n)
-    SELECT 'cancelled', pg_backend_pid() % 16, count(*) FROM updated
-    HAVING count(*) > 0
-    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 )
 SELECT b.state, b.assigned_region, b.attempt, EXISTS (SELECT 1 FROM updated) AS cancelled
 FROM before b;
 
 -- name: count_by_state
--- Unfinished tasks from their partial indexes; finished ones from the counts kept as
--- they finish.
-SELECT 'pending' AS state, count(*) AS n FROM tasks WHERE state = 'pending'
-UNION ALL
-SELECT state, count(*) FROM tasks WHERE state IN ('dispatched', 'running') GROUP BY state
-UNION ALL
-SELECT state, sum(n)::bigint FROM task_counts GROUP BY state;
+SELECT state, count(*) AS n FROM tasks GROUP BY state;
 
 -- name: mark_regions_down
 UPDATE regions
