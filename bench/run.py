@@ -5,6 +5,8 @@ bench.<name>``): its figures as they come, prefixed with its name, then a summar
 - failover: SIGKILL of a region -> all its tasks running elsewhere
 - breaker: breaker open / closed times for a black-holed region (needs
   ``toxiproxy-server``: ``make toxiproxy`` builds it into ./bin)
+- table_growth: GETs and claims with a million finished tasks, tasks due later and a
+  backlog pinned to a region that is down, against an empty table
 
 They run one at a time because each measures a whole cluster on this machine: two at
 once would measure each other. ``--quick`` runs smaller sizes and single trials, to
@@ -60,6 +62,10 @@ BENCHES = (
     Bench(name="failover", quick_args=("--trials", "1"), figures=("median",)),
     Bench(name="breaker", quick_args=("--trials", "1"),
           figures=("master->region median", "east->master"), missing=_needs_toxiproxy),
+    Bench(name="table_growth",
+          quick_args=("--finished", "20000", "--future", "2000", "--pinned", "5000",
+                      "--seconds", "2"),
+          figures=("empty", "1,000,000", "20,000", "...")),
 )
 
 

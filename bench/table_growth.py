@@ -1,0 +1,139 @@
+"""Costs that must not grow with the table, on real processes: 1 master, 1 region, 2
+workers.
+
+Measured on an empty table, then again with:
+- 1,000,000 finished tasks and 100,000 tasks due in an hour (at priority 1, above the
+  due tasks measured): GET /v1/stats and GET /v1/tasks?state=pending&limit=50 (median
+  of 50 calls each) and due -> started latency of priority-0 tasks;
+- 50,000, then 1,000,000 tasks pinned to a region that is down: due -> started latency
+  of unrelated, unpinned tasks.
+
+Run: python -m bench.table_growth [--finished 1000000] [--future 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import aiohttp
+import asyncpg
+
+from bench.core_path import _pct, latency
+from bench.postgres import throwaway_postgres
+from strata.local.cluster import Cluster
+
+CALLS = 50
+
+
+async def get_ms(api: str, path: str) -> float:
+    """Median milliseconds of CALLS calls of GET path."""
+    times = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(CALLS):
+            began = time.perf_counter()
+            async with http.get(api + path) as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+            times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times)
+
+
+async def figures(cluster: Cluster, url: str, label: str, args: argparse.Namespace) -> None:
+    stats = await get_ms(cluster.api, "/v1/stats")
+    pending = await get_ms(cluster.api, "/v1/tasks?state=pending&limit=50")
+    lat = await latency(cluster, url, args.rate, args.seconds)
+    print(f"{label}: GET /v1/stats {stats:.1f} ms, GET /v1/tasks?state=pending&limit=50 "
+          f"{pending:.1f} ms, due->started p50 {_pct(lat, 0.5):.1f} ms "
+          f"p99 {_pct(lat, 0.99):.1f} ms", flush=True)
+
+
+async def fill(url: str, sql: str, *args: object) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql, *args)
+        await conn.execute("VACUUM ANALYZE tasks")
+    finally:
+        await conn.close()
+
+
+FINISHED = """
+INSERT INTO tasks (id, kind, payload, state, priority, run_at, attempt, timeout_s,
+                   created_at, picked_at, started_at, finished_at, exit_code, output)
+SELECT gen_random_uuid(), 'noop', '{}', 'succeeded', 0, now() - interval '1 day', 1, 3600,
+       now() - interval '1 day', now() - interval '1 day', now() - interval '1 day',
+       now() - interval '1 day', 0, NULL
+FROM generate_series(1, $1)
+"""
+COUNTED = """
+INSERT INTO task_counts (state, slot, n) VALUES ('succeeded', 0, $1)
+ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+"""
+FUTURE = """
+INSERT INTO tasks (id, kind, payload, priority, run_at, timeout_s)
+SELECT gen_random_uuid(), 'noop', '{}', 1, now() + interval '1 hour', 3600
+FROM generate_series(1, $1);
+"""
+PINNED = """
+INSERT INTO tasks (id, kind, payload, priority, run_at, region, timeout_s)
+SELECT gen_random_uuid(), 'noop', '{}', 0, now() - interval '1 minute', 'dead', 3600
+FROM generate_series(1, $1);
+"""
+
+
+async def counted(url: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(await conn.fetchval("SELECT to_regclass('task_counts') IS NOT NULL"))
+    finally:
+        await conn.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    async with throwaway_postgres("strata-bench-growth-") as (home, pg):
+        conn = await asyncpg.connect(pg.url)
+        await conn.execute("CREATE DATABASE bench")
+        await conn.close()
+        url = pg.url_for("bench")
+        cluster = Cluster(workdir=home, database_url=url,
+                          env={"STRATA_LOG_LEVEL": "WARNING"})
+        try:
+            await cluster.start_master()
+            await cluster.start_region("r1")
+            for w in (1, 2):
+                await cluster.start_worker("r1", f"r1-w{w}", concurrency=16)
+            await figures(cluster, url, "empty table", args)
+
+            began = time.perf_counter()
+            await fill(url, FINISHED, args.finished)
+            if await counted(url):  # finished tasks are counted as they finish
+                await fill(url, COUNTED, args.finished)
+            await fill(url, FUTURE, args.future)
+            print(f"(filled {args.finished:,} finished and {args.future:,} future tasks in "
+                  f"{time.perf_counter() - began:.0f}s)", flush=True)
+            await figures(cluster, url, f"{args.finished:,} finished + {args.future:,} due "
+                                        "in an hour at a higher priority", args)
+
+            await fill(url, "INSERT INTO regions (name, address, state) "
+                            "VALUES ('dead', 'nowhere:1', 'down')")
+            pinned = 0
+            for target in args.pinned:
+                await fill(url, PINNED, target - pinned)
+                pinned = target
+                await figures(cluster, url, f"... and {pinned:,} due tasks pinned to a "
+                                            "region that is down", args)
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--finished", type=int, default=1_000_000)
+    p.add_argument("--future", type=int, default=100_000)
+    p.add_argument("--pinned", type=int, nargs="+", default=[50_000, 1_000_000],
+                   help="backlogs pinned to a region that is down, measured in turn")
+    p.add_argument("--rate", type=float, default=50)
+    p.add_argument("--seconds", type=float, default=5)
+    asyncio.run(main(p.parse_args()))
