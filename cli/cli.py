@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from strata import commands
 from strata.common import logs
 from strata.common.errors import StrataError
 from strata.common.settings import MasterSettings, RegionalSettings, UpSettings, WorkerSettings
 from strata.flags import add_settings_flags, settings_from
+
+S = TypeVar("S", MasterSettings, RegionalSettings, WorkerSettings)
 
 
 def _positive(text: str) -> int:
@@ -112,30 +115,30 @@ CLIENT_COMMANDS = {
 }
 
 
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: type[S],
+           serve: Callable[[S], Coroutine[Any, Any, None]]) -> int:
+    """Run a process (master, region, worker) with its settings until it stops."""
+    given = settings_from(parser, args, settings)
+    logs.configure(given.log_level)
+    asyncio.run(serve(given))
+    return 0
+
+
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command in CLIENT_COMMANDS:
         return asyncio.run(commands.run(args, CLIENT_COMMANDS[args.command]))
     if args.command == "master":
         from strata.master import app as master_app
 
-        ms = settings_from(parser, args, MasterSettings)
-        logs.configure(ms.log_level)
-        asyncio.run(master_app.serve(ms))
-        return 0
+        return _serve(parser, args, MasterSettings, master_app.serve)
     if args.command == "regional":
         from strata.regional import app as regional_app
 
-        rs = settings_from(parser, args, RegionalSettings)
-        logs.configure(rs.log_level)
-        asyncio.run(regional_app.serve(rs))
-        return 0
+        return _serve(parser, args, RegionalSettings, regional_app.serve)
     if args.command == "worker":
         from strata.worker import app as worker_app
 
-        ws = settings_from(parser, args, WorkerSettings)
-        logs.configure(ws.log_level)
-        asyncio.run(worker_app.serve(ws))
-        return 0
+        return _serve(parser, args, WorkerSettings, worker_app.serve)
     if args.command == "migrate":
         from strata.master import app as master_app
 
