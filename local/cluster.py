@@ -147,17 +147,19 @@ async def _ok(aw: Awaitable[Any]) -> bool:
     return True
 
 
-async def _region_up(c: Client, name: str) -> bool:
+async def _listed_up(fetch: Callable[[], Awaitable[list[dict[str, Any]]]], key: str,
+                     value: str) -> bool:
+    """Whether the master lists this region or worker as up (False while it cannot say)."""
     try:
-        regions = await c.regions()
+        listed = await fetch()
     except Exception:
         return False
-    return any(r["name"] == name and r["state"] == "up" for r in regions)
+    return any(item[key] == value and item["state"] == "up" for item in listed)
+
+
+async def _region_up(c: Client, name: str) -> bool:
+    return await _listed_up(c.regions, "name", name)
 
 
 async def _worker_up(c: Client, worker_id: str) -> bool:
-    try:
-        workers = await c.workers()
-    except Exception:
-        return False
-    return any(w["id"] == worker_id and w["state"] == "up" for w in workers)
+    return await _listed_up(c.workers, "id", worker_id)

@@ -162,7 +162,9 @@ class _JsonErrorHandler(RequestHandler):
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        plain = super().handle_error(request, status, exc, message)
+        # aiohttp's own handling logs the error and refuses once a response has begun;
+        # its text/plain answer is replaced by ours.
+        super().handle_error(request, status, exc, message)
         if status == 500:
             code, text = "internal", "internal error"
         else:
@@ -170,7 +172,6 @@ class _JsonErrorHandler(RequestHandler):
             text = message or HTTPStatus(status).description
         response = _error(status, code, text)
         response.force_close()
-        del plain
         return response
 
 
