@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -50,10 +51,13 @@ async def figures(cluster: Cluster, url: str, label: str, args: argparse.Namespa
           f"p99 {_pct(lat, 0.99):.1f} ms", flush=True)
 
 
-async def fill(url: str, sql: str, *args: object) -> None:
+async def fill(url: str, *statement: object) -> None:
+    """Run ``statement`` (SQL and its arguments), if any, then VACUUM ANALYZE, as
+    autovacuum would have by the time a table this size is queried."""
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(sql, *args)
+        if statement:
+            await conn.execute(str(statement[0]), *statement[1:])
         await conn.execute("VACUUM ANALYZE tasks")
     finally:
         await conn.close()
@@ -71,16 +75,16 @@ COUNTED = """
 INSERT INTO task_counts (state, slot, n) VALUES ('succeeded', 0, $1)
 ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 """
-FUTURE = """
-INSERT INTO tasks (id, kind, payload, priority, run_at, timeout_s)
-SELECT gen_random_uuid(), 'noop', '{}', 1, now() + interval '1 hour', 3600
-FROM generate_series(1, $1);
-"""
-PINNED = """
-INSERT INTO tasks (id, kind, payload, priority, run_at, region, timeout_s)
-SELECT gen_random_uuid(), 'noop', '{}', 0, now() - interval '1 minute', 'dead', 3600
-FROM generate_series(1, $1);
-"""
+BATCH = 10_000
+
+
+async def submit(cluster: Cluster, url: str, count: int, **fields: object) -> None:
+    """``count`` tasks through the API, as a client would, then VACUUM ANALYZE."""
+    async with cluster.client() as c:
+        for start in range(0, count, BATCH):
+            await c.create_batch([{"kind": "noop", **fields}
+                                  for _ in range(min(BATCH, count - start))])
+    await fill(url)
 
 
 async def counted(url: str) -> bool:
@@ -110,7 +114,8 @@ async def main(args: argparse.Namespace) -> None:
             await fill(url, FINISHED, args.finished)
             if await counted(url):  # finished tasks are counted as they finish
                 await fill(url, COUNTED, args.finished)
-            await fill(url, FUTURE, args.future)
+            later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+            await submit(cluster, url, args.future, priority=1, run_at=later)
             print(f"(filled {args.finished:,} finished and {args.future:,} future tasks in "
                   f"{time.perf_counter() - began:.0f}s)", flush=True)
             await figures(cluster, url, f"{args.finished:,} finished + {args.future:,} due "
@@ -120,7 +125,7 @@ async def main(args: argparse.Namespace) -> None:
                             "VALUES ('dead', 'nowhere:1', 'down')")
             pinned = 0
             for target in args.pinned:
-                await fill(url, PINNED, target - pinned)
+                await submit(cluster, url, target - pinned, region="dead")
                 pinned = target
                 await figures(cluster, url, f"... and {pinned:,} due tasks pinned to a "
                                             "region that is down", args)

@@ -302,7 +302,15 @@ class Database:
         return count
 
     @_wrap
+    async def promote_due(self, limit: int) -> int:
+        """Make pending tasks whose run_at has come due (claimable), up to ``limit``;
+        returns how many."""
+        status: str = await self._pool.execute(Q["promote_due"], limit)
+        return int(status.rsplit(" ", 1)[1])
+
+    @_wrap
     async def next_due(self) -> datetime | None:
+        """When the next pending task that is not due yet will be."""
         value: datetime | None = await self._pool.fetchval(Q["next_due"])
         return value
 
@@ -373,10 +381,14 @@ class Database:
         limit: int,
         newest_first: bool = False,
     ) -> list[Task]:
-        rows = await self._pool.fetch(
-            Q["list_tasks_newest_first" if newest_first else "list_tasks"], state, region,
-            after[0] if after else None, after[1] if after else None, limit, kind,
-        )
+        name = "list_tasks_in_state" if state is not None else "list_tasks"
+        if newest_first:
+            name += "_newest_first"
+        args: list[Any] = [region, kind, after[0] if after else None,
+                           after[1] if after else None, limit]
+        if state is not None:
+            args.append(state)
+        rows = await self._pool.fetch(Q[name], *args)
         return [Task.from_row(r) for r in rows]
 
     @_wrap

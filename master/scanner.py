@@ -26,6 +26,9 @@ from strata.proto import strata_pb2 as pb
 logger = logging.getLogger(__name__)
 
 DELEGATE_TIMEOUT_S = 2.0
+# Tasks whose run_at has come made claimable per scan: a short statement even when a
+# million come due at once; the scanner goes on until none is left.
+PROMOTE_BATCH = 5_000
 DB_BACKOFF = Backoff(initial_s=0.05, max_s=2.0, healthy_after_s=10.0)
 
 
@@ -41,6 +44,8 @@ class Scanner:
         self._turn = 0
         # The last scan filled every region's share: more is due than there is room for.
         self._backlogged = False
+        # The last scan promoted a full batch: more tasks may have come due.
+        self._promoting = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -82,7 +87,7 @@ class Scanner:
                 next_probe = loop.time() + probe_every
             self._wake.clear()
             sent = await self.scan_once()
-            if sent:
+            if sent or self._promoting:
                 continue
             timeout = min(await self._idle_timeout(), max(next_probe - loop.time(), 0.001))
             with contextlib.suppress(TimeoutError):
@@ -101,6 +106,7 @@ class Scanner:
     async def scan_once(self) -> int:
         """Claim each free region's share and start delivering it; returns how many
         tasks were claimed."""
+        self._promoting = await self._db.promote_due(PROMOTE_BATCH) == PROMOTE_BATCH
         # A region whose breaker is open gets nothing: its share stays pending for the
         # regions that answer.
         ready = [

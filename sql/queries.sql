@@ -3,42 +3,73 @@
 -- name: insert_tasks
 -- One round trip for one task or ten thousand; the NOTIFY wakes the scanners at commit.
 -- Every row of one statement gets the same created_at (now(), the transaction's start):
--- one row comes back, whatever the batch's size.
+-- one row comes back, whatever the batch's size. A task whose run_at has come is due at
+-- once; the scanner promotes the others when their time comes.
 WITH inserted AS (
     INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s,
-                       retry_of)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
-                         $6::text[], $7::int[], $8::float8[], $9::uuid[])
+                       retry_of, due)
+    SELECT u.*, u.run_at <= now()
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
+                $6::text[], $7::int[], $8::float8[], $9::uuid[])
+        AS u (id, kind, payload, priority, run_at, region, max_attempts, timeout_s, retry_of)
     RETURNING created_at
 )
 SELECT (SELECT created_at FROM inserted LIMIT 1) AS created_at, pg_notify('strata_tasks', '');
 
 -- name: claim_due
-WITH due AS (
-    SELECT id FROM tasks
-    WHERE state = 'pending' AND run_at <= now() AND (region IS NULL OR region = $1)
+-- The most urgent due tasks region $1 may run: unpinned ones, and those pinned to it, each
+-- read from its own index in claim order and locked as read, skipping any that another
+-- claim holds. Only when both kinds are due does it lock more than it claims, and only
+-- until it commits.
+WITH free AS (
+    SELECT id, priority, run_at FROM tasks
+    WHERE state = 'pending' AND due AND region IS NULL
     ORDER BY priority DESC, run_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), pinned AS (
+    SELECT id, priority, run_at FROM tasks
+    WHERE state = 'pending' AND due AND region = $1
+    ORDER BY priority DESC, run_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM (SELECT * FROM free UNION ALL SELECT * FROM pinned) AS candidates
+    ORDER BY priority DESC, run_at
+    LIMIT $2
 )
 UPDATE tasks AS t
 SET state = 'dispatched', attempt = t.attempt + 1, assigned_region = $1,
     picked_at = coalesce(t.picked_at, now()), claimed_at = now(), worker_id = NULL
-FROM due
-WHERE t.id = due.id
+-- By key, whatever the planner guesses of the candidates' number.
+WHERE t.id = ANY (ARRAY (SELECT id FROM due))
 RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.priority, t.run_at;
 
 -- name: count_due
 -- How many due tasks the live regions $1 could take, counted up to $2 (their room): a
 -- region's share of a scan follows it, so a small batch is spread, not taken by one.
-SELECT count(*) FROM (
-    SELECT 1 FROM tasks
-    WHERE state = 'pending' AND run_at <= now() AND (region IS NULL OR region = ANY($1::text[]))
-    LIMIT $2
-) AS due;
+-- Pinned tasks count only for the regions counted.
+SELECT least($2, (SELECT count(*) FROM (
+    SELECT 1 FROM tasks WHERE state = 'pending' AND due AND region IS NULL LIMIT $2
+) AS free) + (SELECT count(*) FROM (
+    SELECT 1 FROM tasks WHERE state = 'pending' AND due AND region = ANY($1::text[]) LIMIT $2
+) AS pinned));
+
+-- name: promote_due
+-- Pending tasks whose run_at has come become due, the longest waiting first, up to $1 a
+-- call. Rows another master is promoting are skipped, not waited for.
+UPDATE tasks AS t SET due = true
+WHERE t.id IN (
+    SELECT id FROM tasks
+    WHERE state = 'pending' AND NOT due AND run_at <= now()
+    ORDER BY run_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+);
 
 -- name: next_due
-SELECT min(run_at) FROM tasks WHERE state = 'pending';
+-- When the next pending task that is not due yet will be.
+SELECT min(run_at) FROM tasks WHERE state = 'pending' AND NOT due;
 
 -- name: region_room
 -- Live regions and how many more tasks each will take: what it advertised it holds at
@@ -96,6 +127,8 @@ WITH e AS (
             THEN now() + least($10::float8 * power(2, t.failures), $11::float8)
                          * (0.75 + random() * 0.5) * interval '1 second'
             ELSE t.run_at END,
+        -- A retry waits out its backoff: due again when the scanner promotes it.
+        due = e.ok OR t.failures + 1 >= t.max_attempts,
         assigned_region = CASE
             WHEN NOT e.ok AND t.failures + 1 < t.max_attempts THEN NULL
             ELSE t.assigned_region END,
@@ -112,7 +145,13 @@ WITH e AS (
         killed_processes = e.killed_processes
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
-    RETURNING t.id
+    RETURNING t.id, t.state
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT u.state, pg_backend_pid() % 16, count(*) FROM updated AS u
+    WHERE u.state IN ('succeeded', 'failed')
+    GROUP BY u.state
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 )
 SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id);
 
@@ -142,22 +181,45 @@ ORDER BY name;
 SELECT * FROM tasks WHERE id = $1;
 
 -- name: list_tasks
--- Oldest first; the cursor is the (created_at, id) of the last row seen.
+-- Oldest first; the cursor is the (created_at, id) of the last row seen. No cursor reads
+-- from the start: the bound is an index condition either way, in any plan.
 SELECT * FROM tasks
-WHERE ($1::text IS NULL OR state = $1)
-  AND ($2::text IS NULL OR coalesce(assigned_region, region) = $2)
-  AND ($6::text IS NULL OR kind = $6)
-  AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
+WHERE ($1::text IS NULL OR coalesce(assigned_region, region) = $1)
+  AND ($2::text IS NULL OR kind = $2)
+  AND (created_at, id) > (coalesce($3::timestamptz, '-infinity'),
+                         coalesce($4::uuid, '00000000-0000-0000-0000-000000000000'))
 ORDER BY created_at, id
 LIMIT $5;
 
 -- name: list_tasks_newest_first
 SELECT * FROM tasks
-WHERE ($1::text IS NULL OR state = $1)
-  AND ($2::text IS NULL OR coalesce(assigned_region, region) = $2)
-  AND ($6::text IS NULL OR kind = $6)
-  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+WHERE ($1::text IS NULL OR coalesce(assigned_region, region) = $1)
+  AND ($2::text IS NULL OR kind = $2)
+  AND (created_at, id) < (coalesce($3::timestamptz, 'infinity'),
+                         coalesce($4::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
 ORDER BY created_at DESC, id DESC
+LIMIT $5;
+
+-- name: list_tasks_in_state
+-- Tasks in state $6: queries of their own, so that every plan, a cached generic one
+-- included, reads the (state, created_at, id) index rather than filtering the table.
+SELECT * FROM tasks
+WHERE state = $6
+  AND ($1::text IS NULL OR coalesce(assigned_region, region) = $1)
+  AND ($2::text IS NULL OR kind = $2)
+  AND (state, created_at, id) > ($6, coalesce($3::timestamptz, '-infinity'),
+                                coalesce($4::uuid, '00000000-0000-0000-0000-000000000000'))
+ORDER BY state, created_at, id
+LIMIT $5;
+
+-- name: list_tasks_in_state_newest_first
+SELECT * FROM tasks
+WHERE state = $6
+  AND ($1::text IS NULL OR coalesce(assigned_region, region) = $1)
+  AND ($2::text IS NULL OR kind = $2)
+  AND (state, created_at, id) < ($6, coalesce($3::timestamptz, 'infinity'),
+                                coalesce($4::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+ORDER BY state DESC, created_at DESC, id DESC
 LIMIT $5;
 
 -- name: cancel_task
@@ -169,12 +231,29 @@ WITH before AS (
     FROM before b
     WHERE t.id = b.id AND b.state IN ('pending', 'dispatched', 'running')
     RETURNING t.id
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT 'cancelled', pg_backend_pid() % 16, count(*) FROM updated
+    HAVING count(*) > 0
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 )
 SELECT b.state, b.assigned_region, b.attempt, EXISTS (SELECT 1 FROM updated) AS cancelled
 FROM before b;
 
 -- name: count_by_state
-SELECT state, count(*) AS n FROM tasks GROUP BY state;
+-- Unfinished tasks from their partial indexes; finished ones from the counts kept as
+-- they finish. A state with none is left out.
+SELECT state, n FROM (
+    SELECT 'pending' AS state,
+           (SELECT count(*) FROM tasks WHERE state = 'pending' AND due AND region IS NULL)
+         + (SELECT count(*) FROM tasks WHERE state = 'pending' AND due AND region IS NOT NULL)
+         + (SELECT count(*) FROM tasks WHERE state = 'pending' AND NOT due) AS n
+  UNION ALL
+    SELECT state, count(*) FROM tasks WHERE state IN ('dispatched', 'running') GROUP BY state
+  UNION ALL
+    SELECT state, sum(n)::bigint FROM task_counts GROUP BY state
+) AS counts
+WHERE n > 0;
 
 -- name: mark_regions_down
 UPDATE regions

@@ -86,9 +86,11 @@ def unknown_result() -> Finished:
 
 
 async def make_due(raw: asyncpg.Connection, task_id: uuid.UUID) -> None:
-    """Test setup: skip a retry's backoff."""
-    await raw.execute("UPDATE tasks SET run_at = now() - interval '1 second' WHERE id = $1",
-                      task_id)
+    """Test setup: skip a retry's backoff (as if its time had come and the scanner had
+    promoted it)."""
+    await raw.execute(
+        "UPDATE tasks SET run_at = now() - interval '1 second', due = true WHERE id = $1",
+        task_id)
 
 
 async def claim_one(db: Database, task_id: uuid.UUID, region: str = "a") -> Claimed:
@@ -794,49 +796,227 @@ async def test_inserting_tasks_notifies_listeners(db: Database) -> None:
 
 # ---- scanning cost --------------------------------------------------------------------
 
-PENDING_INDEXES = {"tasks_due_idx", "tasks_next_due_idx"}
+
+def _literal(value: Any) -> str:
+    """A test's own argument as SQL text (EXECUTE takes no bound parameters)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(map(_literal, value)) + "]::text[]"
+    return "'" + str(value).replace("'", "''") + "'"
 
 
-async def _due_scans(raw: asyncpg.Connection, limit: int) -> list[tuple[str, str | None]]:
-    """(node type, index name) of every read of ``tasks`` that picks the due rows."""
-    plan = json.loads(
-        await raw.fetchval("EXPLAIN (FORMAT JSON) " + Q["claim_due"], "a", limit)
-    )[0]["Plan"]
+async def measured(
+    raw: asyncpg.Connection, query: str, *args: Any, generic: bool = False
+) -> tuple[int, int]:
+    """Run ``query`` under EXPLAIN ANALYZE, rolled back afterwards; returns (rows it
+    returned, rows it read from ``tasks``: every row a scan produced or a filter removed,
+    over all loops). ``generic``: as the generic plan a prepared statement may settle on
+    after a few runs, which knows nothing of its parameters' values."""
+    transaction = raw.transaction()
+    await transaction.start()
+    try:
+        if generic:
+            await raw.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await raw.execute("PREPARE measured AS " + query)
+            params = ", ".join(_literal(a) for a in args)
+            text = f"EXECUTE measured({params})" if args else "EXECUTE measured"
+            args = ()
+        else:
+            text = query
+        plan = json.loads(await raw.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + text, *args))
+    finally:
+        await transaction.rollback()
+        if generic:
+            await raw.execute("DEALLOCATE ALL")
+    read = 0
 
-    def walk(node: dict[str, Any], in_due: bool) -> list[tuple[str, str | None]]:
-        in_due = in_due or node.get("Subplan Name") == "CTE due"
-        found = []
-        if in_due and node.get("Relation Name") == "tasks":
-            found.append((node["Node Type"], node.get("Index Name")))
+    def walk(node: dict[str, Any]) -> None:
+        nonlocal read
+        if node.get("Relation Name") == "tasks" and "Scan" in node["Node Type"]:
+            read += node.get("Actual Rows", 0) * node.get("Actual Loops", 1)
+            read += node.get("Rows Removed by Filter", 0)
+            read += node.get("Rows Removed by Index Recheck", 0)
         for child in node.get("Plans", []):
-            found.extend(walk(child, in_due))
-        return found
+            walk(child)
 
-    return walk(plan, False)
+    walk(plan[0]["Plan"])
+    return plan[0]["Plan"].get("Actual Rows", 0), read
 
 
-async def test_claim_reads_only_a_partial_index_among_many_finished_tasks(
+CROWD_FINISHED = 20_000
+CROWD_LATER = 400
+CROWD_PINNED_DEAD = 300
+
+
+async def _crowd(db: Database, raw: asyncpg.Connection) -> None:
+    """What must cost a claim nothing: many finished tasks, tasks due later (at a higher
+    priority than anything due now), and a backlog pinned to a region that is down. As
+    in a table that has run for a while, finished tasks are most of it."""
+    old = utcnow() - timedelta(days=1)
+    await db.insert_tasks([new_task(run_at=old) for _ in range(CROWD_FINISHED)])
+    while claimed := await db.claim("done", 5_000):
+        await apply(db, done=[finished(c, ok=True) for c in claimed], region="done")
+    later = utcnow() + timedelta(hours=1)
+    await db.insert_tasks([new_task(run_at=later, priority=5) for _ in range(CROWD_LATER)])
+    await raw.execute(
+        "INSERT INTO regions (name, address, state) VALUES ('dead', 'd:1', 'down'), "
+        "('a', 'a:1', 'up')")
+    await db.insert_tasks(
+        [due_task(region="dead", priority=9) for _ in range(CROWD_PINNED_DEAD)])
+    await raw.execute("VACUUM ANALYZE tasks")
+
+
+async def test_a_claim_reads_only_what_it_claims(db: Database, raw: asyncpg.Connection) -> None:
+    await _crowd(db, raw)
+    await db.insert_tasks([due_task(priority=i % 3) for i in range(40)])
+    await db.insert_tasks([due_task(region="a", priority=1) for _ in range(10)])
+    claimed, read = await measured(raw, Q["claim_due"], "a", 1000)
+    assert claimed == 50
+    # Each claimed row is read three times (candidate, lock, update): nothing finished,
+    # due later or pinned elsewhere is read.
+    assert read <= 3 * claimed + 5, read
+
+    # A backlog larger than the batch: still only what is claimed, the most urgent first.
+    await db.insert_tasks([due_task(priority=i % 4) for i in range(3_000)])
+    await raw.execute("ANALYZE tasks")
+    for generic in (False, True):
+        claimed, read = await measured(raw, Q["claim_due"], "a", 100, generic=generic)
+        assert claimed == 100
+        assert read <= 3 * claimed + 5, (generic, read)
+    got = await db.claim("a", 100)
+    assert len(got) == 100 and {c.priority for c in got} == {3}
+
+
+async def test_a_claim_merges_pinned_and_unpinned_tasks_by_urgency(db: Database) -> None:
+    now = utcnow()
+    free_high = new_task(priority=5, run_at=now - timedelta(minutes=1))
+    pinned_mid = new_task(priority=3, run_at=now - timedelta(minutes=1), region="a")
+    free_low = new_task(priority=1, run_at=now - timedelta(minutes=2))
+    pinned_low_older = new_task(priority=1, run_at=now - timedelta(minutes=3), region="a")
+    elsewhere = new_task(priority=9, run_at=now - timedelta(minutes=3), region="b")
+    await db.insert_tasks([free_high, pinned_mid, free_low, pinned_low_older, elsewhere])
+
+    first = await db.claim("a", 3)
+    assert [c.id for c in first] == [free_high.id, pinned_mid.id, pinned_low_older.id]
+    # What the merge read but did not claim was not kept from the next claim.
+    assert [c.id for c in await db.claim("a", 3)] == [free_low.id]
+
+
+async def test_counting_due_work_reads_only_due_work(
     db: Database, raw: asyncpg.Connection
 ) -> None:
-    old = utcnow() - timedelta(days=1)
-    await db.insert_tasks([new_task(run_at=old) for _ in range(20_000)])
-    await raw.execute("UPDATE tasks SET state = 'succeeded', attempt = 1, finished_at = now()")
+    await _crowd(db, raw)
+    await db.insert_tasks([due_task(priority=i % 3) for i in range(40)])
+    await db.insert_tasks([due_task(region="a") for _ in range(5)])
+    _, read = await measured(raw, Q["count_due"], ["a"], 1000)
+    assert await db.count_due(["a"], 1000) == 45
+    assert read <= 45 + 5, read
+    assert await db.count_due(["a"], 30) == 30
+    # The dead region's backlog counts only when the dead region is counted.
+    assert await db.count_due(["a", "dead"], 1000) == 45 + CROWD_PINNED_DEAD
 
-    # A small backlog and the default claim batch: either pending-only index will do.
-    await db.insert_tasks([due_task(priority=i % 4) for i in range(50)])
+
+async def test_tasks_become_due_when_their_time_comes(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    await _crowd(db, raw)
+    # Not due yet, at the highest priority: not claimed, and not promoted.
+    assert await db.promote_due(1000) == 0
+    assert await db.claim("a", 1000) == []
+    # Five of the later ones come due; the promotion reads only those.
+    await raw.execute(
+        "UPDATE tasks SET run_at = now() - interval '1 second' WHERE id IN "
+        "(SELECT id FROM tasks WHERE state = 'pending' AND NOT due LIMIT 5)")
     await raw.execute("ANALYZE tasks")
-    scans = await _due_scans(raw, 1000)
-    assert scans, "the plan has no CTE due"
-    assert all(kind == "Index Scan" and index in PENDING_INDEXES for kind, index in scans), scans
+    _, read = await measured(raw, Q["promote_due"], 1000)
+    assert read <= 3 * 5 + 2, read
+    assert await db.promote_due(3) == 3, "at most the batch asked for"
+    assert await db.promote_due(1000) == 2
+    claimed = await db.claim("a", 1000)
+    assert len(claimed) == 5 and {c.priority for c in claimed} == {5}
 
-    # A backlog larger than the batch: walk the due index in claim order, sort nothing.
-    await db.insert_tasks([due_task(priority=i % 4) for i in range(1_950)])
-    await raw.execute("ANALYZE tasks")
-    assert await _due_scans(raw, 100) == [("Index Scan", "tasks_due_idx")]
 
-    claimed = await db.claim("a", 100)
-    assert len(claimed) == 100
-    assert {c.priority for c in claimed} == {3}
+async def test_next_due_reads_only_tasks_not_due_yet(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    await _crowd(db, raw)
+    # The dead region's due backlog is not a reason to wake: it waits for its region.
+    expected = await raw.fetchval(
+        "SELECT min(run_at) FROM tasks WHERE state = 'pending' AND run_at > now()")
+    assert await db.next_due() == expected
+    _, read = await measured(raw, Q["next_due"])
+    assert read <= 2, read
+
+
+@pytest.mark.parametrize("name, state", [
+    ("list_tasks_in_state", "pending"),
+    ("list_tasks_in_state_newest_first", "pending"),
+    ("list_tasks_in_state", "succeeded"),
+    ("list_tasks", None),
+    ("list_tasks_newest_first", None),
+])
+async def test_a_listing_reads_only_the_page_it_returns(
+    db: Database, raw: asyncpg.Connection, name: str, state: str | None
+) -> None:
+    await _crowd(db, raw)
+    args: tuple[Any, ...] = (None, None, None, None, 50)
+    if state is not None:
+        args += (state,)
+    for generic in (False, True):
+        returned, read = await measured(raw, Q[name], *args, generic=generic)
+        assert returned == 50
+        assert read <= returned + 5, (generic, read)
+    # And the next page, from a cursor.
+    page = await db.list_tasks(state=state, region=None, after=None, limit=50,
+                               newest_first=name.endswith("newest_first"))
+    cursor = (page[-1].created_at, page[-1].id)
+    returned, read = await measured(raw, Q[name], None, None, *cursor, 50, *args[5:],
+                                    generic=True)
+    assert returned == 50
+    assert read <= returned + 5, read
+
+
+async def test_listing_pending_tasks_pages_through_them_in_order(db: Database) -> None:
+    tasks = [due_task() for _ in range(7)]
+    for task in tasks:  # one statement each: created_at tells them apart
+        await db.insert_tasks([task])
+    claimed = await db.claim("a", 2)
+    pending = [t.id for t in tasks if t.id not in {c.id for c in claimed}]
+    seen: list[uuid.UUID] = []
+    after = None
+    while page := await db.list_tasks(state="pending", region=None, after=after, limit=2):
+        seen.extend(t.id for t in page)
+        after = (page[-1].created_at, page[-1].id)
+    assert seen == pending
+    newest = await db.list_tasks(state="pending", region=None, after=None, limit=10,
+                                 newest_first=True)
+    assert [t.id for t in newest] == pending[::-1]
+
+
+async def test_stats_count_finished_tasks_without_reading_them(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    await _crowd(db, raw)
+    cancelled = due_task()
+    await db.insert_tasks([cancelled])
+    outcome = await db.cancel_task(cancelled.id)
+    assert outcome is not None and outcome.cancelled
+    failed = due_task()
+    await db.insert_tasks([failed])
+    await apply(db, done=[finished(await claim_one(db, failed.id), ok=False)])
+    await raw.execute("VACUUM ANALYZE tasks")
+
+    pending = CROWD_LATER + CROWD_PINNED_DEAD
+    _, read = await measured(raw, Q["count_by_state"])
+    assert read <= pending + 10, read  # the pending ones, from their indexes; no finished one
+    assert await db.counts_by_state() == {
+        "pending": pending, "succeeded": CROWD_FINISHED, "cancelled": 1, "failed": 1}
+    # The counts agree with the table itself.
+    rows = await raw.fetch("SELECT state, count(*) AS n FROM tasks GROUP BY state")
+    assert {r["state"]: r["n"] for r in rows} == await db.counts_by_state()
 
 
 async def test_reconcile_reclaims_only_old_attempts_the_region_does_not_hold(
