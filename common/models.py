@@ -3,6 +3,7 @@ one of these frozen, keyword-only models as soon as it crosses the edge."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from strata.common.timeutil import as_utc, rfc3339, utcnow
 
 REGION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 MAX_BATCH = 10_000
+MAX_IDEMPOTENCY_KEY = 200
 DEFAULT_TIMEOUT_S = 3600.0
 
 
@@ -81,6 +83,9 @@ class TaskOptions(BaseModel):
     region: str | None = Field(default=None, pattern=REGION_NAME_PATTERN)
     max_attempts: int = Field(default=1, ge=1, le=100)
     timeout_s: StrictFloat = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=7 * 86400)
+    # A create that names a key already taken returns that task instead of a new one.
+    idempotency_key: str | None = Field(default=None, min_length=1,
+                                        max_length=MAX_IDEMPOTENCY_KEY)
 
 
 OPTION_FIELDS = frozenset(TaskOptions.model_fields)
@@ -100,6 +105,17 @@ class NewTask(BaseModel):
     max_attempts: int
     timeout_s: float
     retry_of: uuid.UUID | None = None
+    idempotency_key: str | None = None
+    # What the client asked for, normalised (defaults filled in, run_at only as given):
+    # a second create with the same key must ask for the same, or it is refused.
+    fingerprint: str | None = None
+
+
+def _fingerprint(kind: str, payload: dict[str, Any], options: TaskOptions) -> str:
+    asked = {"kind": kind, "payload": payload,
+             **options.model_dump(mode="json", exclude={"idempotency_key"})}
+    text = json.dumps(asked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _error_text(exc: ValidationError) -> str:
@@ -127,15 +143,19 @@ def parse_new_task(body: Any, *, now: datetime | None = None) -> NewTask:
         payload = PAYLOADS[kind].model_validate(kind_part)
     except ValidationError as exc:
         raise InvalidInput(_error_text(exc)) from None
+    dumped = payload.model_dump(mode="json")
+    key = options.idempotency_key
     return NewTask(
         id=uuid.uuid4(),
         kind=kind,
-        payload=payload.model_dump(mode="json"),
+        payload=dumped,
         run_at=options.run_at or now or utcnow(),
         priority=options.priority,
         region=options.region,
         max_attempts=options.max_attempts,
         timeout_s=options.timeout_s,
+        idempotency_key=key,
+        fingerprint=_fingerprint(kind, dumped, options) if key is not None else None,
     )
 
 
@@ -154,6 +174,15 @@ def parse_batch(body: Any) -> list[NewTask]:
             tasks.append(parse_new_task(item, now=now))
         except InvalidInput as exc:
             raise InvalidInput(f"tasks[{index}]: {exc}") from None
+    first: dict[str, int] = {}
+    for index, task in enumerate(tasks):
+        if task.idempotency_key is None:
+            continue
+        seen = first.setdefault(task.idempotency_key, index)
+        if seen != index:
+            raise InvalidInput(
+                f"tasks[{index}]: idempotency_key {task.idempotency_key!r} is also the key "
+                f"of tasks[{seen}]: each item of a batch needs a key of its own")
     return tasks
 
 
@@ -196,6 +225,7 @@ class Task(BaseModel):
     finished_at: datetime | None
     result: TaskResult
     retry_of: uuid.UUID | None = None
+    idempotency_key: str | None = None
 
     @classmethod
     def created(cls, new: NewTask, created_at: datetime) -> Task:
@@ -206,6 +236,7 @@ class Task(BaseModel):
             assigned_region=None, worker_id=None, attempt=0, max_attempts=new.max_attempts,
             timeout_s=new.timeout_s, created_at=created_at, picked_at=None, started_at=None,
             finished_at=None, result=TaskResult(), retry_of=new.retry_of,
+            idempotency_key=new.idempotency_key,
         )
 
     @classmethod
@@ -237,6 +268,7 @@ class Task(BaseModel):
                 killed_processes=row["killed_processes"],
             ),
             retry_of=row["retry_of"],
+            idempotency_key=row["idempotency_key"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -260,4 +292,5 @@ class Task(BaseModel):
             "finished_at": rfc3339(self.finished_at),
             "result": self.result.model_dump(),
             "retry_of": str(self.retry_of) if self.retry_of else None,
+            "idempotency_key": self.idempotency_key,
         }

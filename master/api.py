@@ -218,14 +218,23 @@ class Api:
     async def create_task(self, request: web.Request) -> web.Response:
         _query(request)
         task = parse_new_task(await _json_body(request))
-        stored = await self._control.create_one(task)
-        return web.json_response(stored.to_json(), status=201)
+        stored, new = await self._control.create_one(task)
+        # A create whose idempotency key was taken answers with the task it made: 200.
+        return web.json_response(stored.to_json(), status=201 if new else 200)
 
     async def create_batch(self, request: web.Request) -> web.Response:
         _query(request)
         tasks = parse_batch(await _json_body(request))
-        await self._control.create(tasks)
-        return web.json_response({"ids": [str(t.id) for t in tasks]}, status=201)
+        existing = (await self._control.create(tasks)).existing
+        ids, existed = [], []
+        for t in tasks:
+            found = existing.get(t.idempotency_key) if t.idempotency_key is not None else None
+            ids.append(str(found.id if found is not None else t.id))
+            existed.append(found is not None)
+        # Each id, in the batch's order, is the task made now or the one whose
+        # idempotency key the item named (existed: true). 200 when nothing was new.
+        return web.json_response({"ids": ids, "existed": existed},
+                                 status=201 if len(existing) < len(tasks) else 200)
 
     async def get_task(self, request: web.Request) -> web.Response:
         _query(request)
@@ -322,7 +331,7 @@ class Api:
         task = parse_new_task(
             {"kind": "shell", "command": command, "run_at": scheduled_at.isoformat()}
         )
-        created = await self._control.create_one(task)
+        created, _ = await self._control.create_one(task)
         ts = created.run_at.timestamp()
         return web.json_response(
             {

@@ -14,7 +14,7 @@ from strata.common.errors import Conflict, InvalidInput, NotFound
 from strata.common.models import NewTask, Task, TaskState
 from strata.common.settings import MasterSettings
 from strata.common.timeutil import from_unix, rfc3339, utcnow
-from strata.master.db import Database
+from strata.master.db import Database, Inserted
 from strata.master.regions import RegionClients
 from strata.proto import strata_pb2 as pb
 
@@ -29,10 +29,11 @@ class Control:
         self._regions = regions
         self._settings = settings
 
-    async def create(self, tasks: Sequence[NewTask]) -> datetime:
+    async def create(self, tasks: Sequence[NewTask]) -> Inserted:
         """The one way tasks are created (single, batch, /schedule, retry): one INSERT
-        that returns what the database chose, nothing read back. A task pinned to a
-        region nobody has heard of would wait forever: that is refused."""
+        that returns what the database chose, nothing read back, and the tasks that
+        already had the idempotency keys asked for. A task pinned to a region nobody has
+        heard of would wait forever: that is refused."""
         pins = {t.region for t in tasks if t.region is not None}
         if pins:
             known = await self._db.region_names(self._settings.region_dead_after)
@@ -47,8 +48,13 @@ class Control:
         # thousand answers with ids alone).
         return await self._db.insert_tasks(tasks)
 
-    async def create_one(self, task: NewTask) -> Task:
-        return Task.created(task, await self.create([task]))
+    async def create_one(self, task: NewTask) -> tuple[Task, bool]:
+        """The task, and whether it is new (False: its idempotency key was taken)."""
+        inserted = await self.create([task])
+        if task.idempotency_key is not None and task.idempotency_key in inserted.existing:
+            return inserted.existing[task.idempotency_key], False
+        assert inserted.created_at is not None
+        return Task.created(task, inserted.created_at), True
 
     async def get(self, task_id: uuid.UUID) -> Task:
         task = await self._db.get_task(task_id)
@@ -85,7 +91,7 @@ class Control:
             priority=old.priority, region=old.region, max_attempts=old.max_attempts,
             timeout_s=old.timeout_s, retry_of=old.id,
         )
-        created = await self.create_one(new)
+        created, _ = await self.create_one(new)
         logger.info("task %s retried as %s", old.id, created.id,
                     extra={"action": "task_retried", "task": str(old.id)})
         return created

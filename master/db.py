@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from strata.common.errors import DatabaseUnavailable
+from strata.common.errors import Conflict, DatabaseUnavailable
 from strata.common.events import Report, TaskRef
 from strata.common.models import NewTask, Task
 from strata.common.retry import Backoff, keep_trying, of_type
@@ -29,6 +29,10 @@ NOTIFY_CHANNEL = "strata_tasks"
 # Any constant works; it only has to be the same in every master.
 MIGRATION_LOCK_ID = 0x5157A7A0
 RECLAIMER_LOCK_ID = 0x5157A7A1
+# Claims read only tasks due within this: those due later wait in an index of their own
+# (one more write each, when the scanner promotes them this long before they are due).
+# Longer, fewer tasks pay that write; shorter, claims walk past fewer tasks not yet due.
+CLAIM_HORIZON = timedelta(minutes=1)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,6 +84,15 @@ class Claimed:
     @property
     def ref(self) -> TaskRef:
         return TaskRef(str(self.id), self.attempt)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Inserted:
+    """What a create wrote: the ``created_at`` every new task got (None if none was
+    new), and the tasks that already had the idempotency keys asked for, by key."""
+
+    created_at: datetime | None
+    existing: dict[str, Task]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,23 +187,39 @@ def _wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 class Database:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, planned_pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._planned_pool = planned_pool
 
     @classmethod
     async def connect(
         cls, dsn: str, *, pool_size: int = 8, command_timeout_s: float = 10.0
     ) -> Database:
-        try:
-            pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, command_timeout=command_timeout_s,
+        def pool(size: int, **server_settings: str) -> asyncpg.Pool:
+            return asyncpg.create_pool(
+                dsn, min_size=1, max_size=size, command_timeout=command_timeout_s,
                 timeout=command_timeout_s, reset=_keep_session,
+                server_settings=server_settings or None,
             )
+
+        try:
+            main = await pool(pool_size)
+            try:
+                # Reads whose best plan depends on how much there is (the scanner's
+                # reads of due work, listings) are planned for each call. A prepared
+                # statement's cached generic plan is made once, for the table as it was
+                # (nearly empty, at start-up): a backlog would then be sorted whole by
+                # every claim. The other statements find rows by key, and keep theirs.
+                planned = await pool(3, plan_cache_mode="force_custom_plan")
+            except BaseException:
+                await main.close()
+                raise
         except _CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
-        return cls(pool)
+        return cls(main, planned)
 
     async def close(self) -> None:
+        await self._planned_pool.close()
         await self._pool.close()
 
     # ---- schema -----------------------------------------------------------
@@ -267,10 +296,11 @@ class Database:
     # ---- tasks ------------------------------------------------------------
 
     @_wrap
-    async def insert_tasks(self, tasks: Sequence[NewTask]) -> datetime:
-        """Insert in one statement; returns the ``created_at`` every one of them got."""
-        created_at: datetime = await self._pool.fetchval(
-            Q["insert_tasks"],
+    async def insert_tasks(self, tasks: Sequence[NewTask]) -> Inserted:
+        """Insert in one statement. A task whose idempotency key another task has is not
+        inserted: that task is returned instead, if it was asked for the same way;
+        otherwise nothing is written and Conflict is raised."""
+        columns = (
             [t.id for t in tasks],
             [t.kind for t in tasks],
             [json.dumps(t.payload) for t in tasks],
@@ -281,11 +311,35 @@ class Database:
             [t.timeout_s for t in tasks],
             [t.retry_of for t in tasks],
         )
-        return created_at
+        horizon = CLAIM_HORIZON.total_seconds()
+        if all(t.idempotency_key is None for t in tasks):
+            created_at = await self._pool.fetchval(Q["insert_tasks"], *columns, horizon)
+            return Inserted(created_at=created_at, existing={})
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                Q["insert_keyed_tasks"], *columns, [t.idempotency_key for t in tasks],
+                [t.fingerprint for t in tasks], horizon)
+            inserted = set(row["ids"] or ())
+            clashed = {t.idempotency_key: t for t in tasks
+                       if t.id not in inserted and t.idempotency_key is not None}
+            existing = {}
+            if clashed:
+                for r in await conn.fetch(Q["tasks_by_key"], list(clashed)):
+                    if r["fingerprint"] != clashed[r["idempotency_key"]].fingerprint:
+                        raise Conflict(
+                            f"idempotency_key {r['idempotency_key']!r} is the key of task "
+                            f"{r['id']}, which was asked for differently: a retry must "
+                            "send the same body")
+                    existing[r["idempotency_key"]] = Task.from_row(r)
+                if gone := clashed.keys() - existing.keys():
+                    # Its task was removed after this insert found it: nothing to return.
+                    raise Conflict(f"idempotency_key {sorted(gone)[0]!r}: its task was "
+                                   "removed meanwhile; send the create again")
+        return Inserted(created_at=row["created_at"], existing=existing)
 
     @_wrap
     async def claim(self, region: str, limit: int) -> list[Claimed]:
-        rows = await self._pool.fetch(Q["claim_due"], region, limit)
+        rows = await self._planned_pool.fetch(Q["claim_due"], region, limit)
         claimed = [
             Claimed(
                 id=r["id"], attempt=r["attempt"], kind=r["kind"], payload_json=r["payload"],
@@ -298,25 +352,27 @@ class Database:
 
     @_wrap
     async def count_due(self, regions: Sequence[str], limit: int) -> int:
-        count: int = await self._pool.fetchval(Q["count_due"], list(regions), limit)
+        count: int = await self._planned_pool.fetchval(Q["count_due"], list(regions), limit)
         return count
 
     @_wrap
-    async def promote_due(self, limit: int) -> int:
-        """Make pending tasks whose run_at has come due (claimable), up to ``limit``;
-        returns how many."""
-        status: str = await self._pool.execute(Q["promote_due"], limit)
+    async def promote_near(self, limit: int) -> int:
+        """Make pending tasks due within the claim horizon claimable once due, up to
+        ``limit``; returns how many."""
+        status: str = await self._planned_pool.execute(
+            Q["promote_near"], limit, CLAIM_HORIZON.total_seconds())
         return int(status.rsplit(" ", 1)[1])
 
     @_wrap
-    async def next_due(self) -> datetime | None:
-        """When the next pending task that is not due yet will be."""
-        value: datetime | None = await self._pool.fetchval(Q["next_due"])
+    async def next_due(self, regions: Sequence[str]) -> datetime | None:
+        """When the next near task not yet due, unpinned or pinned to one of these
+        (live) regions, will be due."""
+        value: datetime | None = await self._planned_pool.fetchval(Q["next_due"], list(regions))
         return value
 
     @_wrap
     async def region_room(self, dead_after: timedelta) -> list[RegionRoom]:
-        rows = await self._pool.fetch(Q["region_room"], dead_after.total_seconds())
+        rows = await self._planned_pool.fetch(Q["region_room"], dead_after.total_seconds())
         return [RegionRoom(name=r["name"], address=r["address"], room=r["room"]) for r in rows]
 
     @_wrap
@@ -388,7 +444,7 @@ class Database:
                            after[1] if after else None, limit]
         if state is not None:
             args.append(state)
-        rows = await self._pool.fetch(Q[name], *args)
+        rows = await self._planned_pool.fetch(Q[name], *args)
         return [Task.from_row(r) for r in rows]
 
     @_wrap

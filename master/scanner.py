@@ -26,8 +26,8 @@ from strata.proto import strata_pb2 as pb
 logger = logging.getLogger(__name__)
 
 DELEGATE_TIMEOUT_S = 2.0
-# Tasks whose run_at has come made claimable per scan: a short statement even when a
-# million come due at once; the scanner goes on until none is left.
+# Tasks coming within the claim horizon made claimable per scan: a short statement even
+# when a million come due at once; the scanner goes on until none is left.
 PROMOTE_BATCH = 5_000
 DB_BACKOFF = Backoff(initial_s=0.05, max_s=2.0, healthy_after_s=10.0)
 
@@ -44,8 +44,9 @@ class Scanner:
         self._turn = 0
         # The last scan filled every region's share: more is due than there is room for.
         self._backlogged = False
-        # The last scan promoted a full batch: more tasks may have come due.
+        # The last scan promoted a full batch: more tasks may be near.
         self._promoting = False
+        self._live: list[str] = []  # the live regions at the last scan
 
     def wake(self) -> None:
         self._wake.set()
@@ -96,7 +97,7 @@ class Scanner:
 
     async def _idle_timeout(self) -> float:
         timeout = self._settings.scan_interval.total_seconds()
-        next_due = await self._db.next_due()
+        next_due = await self._db.next_due(self._live)
         if next_due is not None:
             until = (next_due - utcnow()).total_seconds()
             if until > 0:
@@ -106,11 +107,13 @@ class Scanner:
     async def scan_once(self) -> int:
         """Claim each free region's share and start delivering it; returns how many
         tasks were claimed."""
-        self._promoting = await self._db.promote_due(PROMOTE_BATCH) == PROMOTE_BATCH
+        self._promoting = await self._db.promote_near(PROMOTE_BATCH) == PROMOTE_BATCH
         # A region whose breaker is open gets nothing: its share stays pending for the
         # regions that answer.
+        live = await self._db.region_room(self._settings.region_dead_after)
+        self._live = [r.name for r in live]
         ready = [
-            r for r in await self._db.region_room(self._settings.region_dead_after)
+            r for r in live
             if r.room > 0 and r.name not in self._delegating
             and self._regions.breaker(r.name).allows_calls
         ]

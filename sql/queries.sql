@@ -3,12 +3,12 @@
 -- name: insert_tasks
 -- One round trip for one task or ten thousand; the NOTIFY wakes the scanners at commit.
 -- Every row of one statement gets the same created_at (now(), the transaction's start):
--- one row comes back, whatever the batch's size. A task whose run_at has come is due at
--- once; the scanner promotes the others when their time comes.
+-- one row comes back, whatever the batch's size. A task due within the claim horizon
+-- ($10 seconds) is near at once; the scanner promotes the others ahead of their time.
 WITH inserted AS (
     INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s,
-                       retry_of, due)
-    SELECT u.*, u.run_at <= now()
+                       retry_of, near)
+    SELECT u.*, u.run_at <= now() + $10::float8 * interval '1 second'
     FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
                 $6::text[], $7::int[], $8::float8[], $9::uuid[])
         AS u (id, kind, payload, priority, run_at, region, max_attempts, timeout_s, retry_of)
@@ -16,20 +16,41 @@ WITH inserted AS (
 )
 SELECT (SELECT created_at FROM inserted LIMIT 1) AS created_at, pg_notify('strata_tasks', '');
 
+-- name: insert_keyed_tasks
+-- As insert_tasks, for a batch where some task has an idempotency key: a task whose key
+-- is taken is not inserted (a create with the same key that is still running is waited
+-- for). Returns the ids that were inserted.
+WITH inserted AS (
+    INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s,
+                       retry_of, idempotency_key, fingerprint, near)
+    SELECT u.*, u.run_at <= now() + $12::float8 * interval '1 second'
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
+                $6::text[], $7::int[], $8::float8[], $9::uuid[], $10::text[], $11::text[])
+        AS u (id, kind, payload, priority, run_at, region, max_attempts, timeout_s, retry_of,
+              idempotency_key, fingerprint)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, created_at
+)
+SELECT array_agg(id) AS ids, min(created_at) AS created_at, pg_notify('strata_tasks', '')
+FROM inserted;
+
+-- name: tasks_by_key
+SELECT * FROM tasks WHERE idempotency_key = ANY ($1::text[]);
+
 -- name: claim_due
 -- The most urgent due tasks region $1 may run: unpinned ones, and those pinned to it, each
--- read from its own index in claim order and locked as read, skipping any that another
--- claim holds. Only when both kinds are due does it lock more than it claims, and only
--- until it commits.
+-- read from its own index of near tasks in claim order and locked as read, skipping any
+-- that another claim holds. Only when both kinds are due does it lock more than it
+-- claims, and only until it commits.
 WITH free AS (
     SELECT id, priority, run_at FROM tasks
-    WHERE state = 'pending' AND due AND region IS NULL
+    WHERE state = 'pending' AND near AND region IS NULL AND run_at <= now()
     ORDER BY priority DESC, run_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), pinned AS (
     SELECT id, priority, run_at FROM tasks
-    WHERE state = 'pending' AND due AND region = $1
+    WHERE state = 'pending' AND near AND region = $1 AND run_at <= now()
     ORDER BY priority DESC, run_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -50,26 +71,39 @@ RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.pr
 -- region's share of a scan follows it, so a small batch is spread, not taken by one.
 -- Pinned tasks count only for the regions counted.
 SELECT least($2, (SELECT count(*) FROM (
-    SELECT 1 FROM tasks WHERE state = 'pending' AND due AND region IS NULL LIMIT $2
+    SELECT 1 FROM tasks
+    WHERE state = 'pending' AND near AND region IS NULL AND run_at <= now()
+    LIMIT $2
 ) AS free) + (SELECT count(*) FROM (
-    SELECT 1 FROM tasks WHERE state = 'pending' AND due AND region = ANY($1::text[]) LIMIT $2
+    SELECT 1 FROM tasks
+    WHERE state = 'pending' AND near AND region = ANY($1::text[]) AND run_at <= now()
+    LIMIT $2
 ) AS pinned));
 
--- name: promote_due
--- Pending tasks whose run_at has come become due, the longest waiting first, up to $1 a
--- call. Rows another master is promoting are skipped, not waited for.
-UPDATE tasks AS t SET due = true
-WHERE t.id IN (
+-- name: promote_near
+-- Pending tasks due within the claim horizon ($2 seconds) become near, the soonest due
+-- first, up to $1 a call. Rows another master is promoting are skipped, not waited for.
+UPDATE tasks AS t SET near = true
+-- By key, whatever the planner guesses of their number.
+WHERE t.id = ANY (ARRAY (
     SELECT id FROM tasks
-    WHERE state = 'pending' AND NOT due AND run_at <= now()
+    WHERE state = 'pending' AND NOT near
+      AND run_at <= now() + $2::float8 * interval '1 second'
     ORDER BY run_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
-);
+));
 
 -- name: next_due
--- When the next pending task that is not due yet will be.
-SELECT min(run_at) FROM tasks WHERE state = 'pending' AND NOT due;
+-- When the next near task not yet due, unpinned or pinned to one of the live regions $1,
+-- will be (those already due wait for room, not for a time; those further off are
+-- promoted at the scanner's ticks, well ahead of time).
+SELECT least(
+    (SELECT min(run_at) FROM tasks
+     WHERE state = 'pending' AND near AND region IS NULL AND run_at > now()),
+    (SELECT min(run_at) FROM tasks
+     WHERE state = 'pending' AND near AND region IS NOT NULL AND region = ANY ($1::text[])
+       AND run_at > now()));
 
 -- name: region_room
 -- Live regions and how many more tasks each will take: what it advertised it holds at
@@ -127,8 +161,8 @@ WITH e AS (
             THEN now() + least($10::float8 * power(2, t.failures), $11::float8)
                          * (0.75 + random() * 0.5) * interval '1 second'
             ELSE t.run_at END,
-        -- A retry waits out its backoff: due again when the scanner promotes it.
-        due = e.ok OR t.failures + 1 >= t.max_attempts,
+        -- A retry waits out its backoff: near again when the scanner promotes it.
+        near = e.ok OR t.failures + 1 >= t.max_attempts,
         assigned_region = CASE
             WHEN NOT e.ok AND t.failures + 1 < t.max_attempts THEN NULL
             ELSE t.assigned_region END,
@@ -245,9 +279,9 @@ FROM before b;
 -- they finish. A state with none is left out.
 SELECT state, n FROM (
     SELECT 'pending' AS state,
-           (SELECT count(*) FROM tasks WHERE state = 'pending' AND due AND region IS NULL)
-         + (SELECT count(*) FROM tasks WHERE state = 'pending' AND due AND region IS NOT NULL)
-         + (SELECT count(*) FROM tasks WHERE state = 'pending' AND NOT due) AS n
+           (SELECT count(*) FROM tasks WHERE state = 'pending' AND near AND region IS NULL)
+         + (SELECT count(*) FROM tasks WHERE state = 'pending' AND near AND region IS NOT NULL)
+         + (SELECT count(*) FROM tasks WHERE state = 'pending' AND NOT near) AS n
   UNION ALL
     SELECT state, count(*) FROM tasks WHERE state IN ('dispatched', 'running') GROUP BY state
   UNION ALL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -33,7 +34,7 @@ Client = TestClient[web.Request, web.Application]
 TASK_FIELDS = {
     "id", "kind", "payload", "state", "priority", "run_at", "region", "pinned_region",
     "worker_id", "attempt", "max_attempts", "timeout_s", "created_at", "picked_at",
-    "started_at", "finished_at", "result", "retry_of",
+    "started_at", "finished_at", "result", "retry_of", "idempotency_key",
 }
 STATES = ("pending", "dispatched", "running", "succeeded", "failed", "cancelled")
 JAN_2030 = 1893456000  # 2030-01-01T00:00:00Z
@@ -188,7 +189,8 @@ async def test_create_batch_of_ten_thousand(client: Client, raw: asyncpg.Connect
     assert response.status == 201, await response.text()
     body = await response.json()
 
-    assert set(body) == {"ids"}
+    assert set(body) == {"ids", "existed"}
+    assert body["existed"] == [False] * MAX_BATCH
     ids = [uuid.UUID(i) for i in body["ids"]]
     assert len(ids) == len(set(ids)) == MAX_BATCH
     rows = await raw.fetch("SELECT id, state, payload->>'command' AS command FROM tasks")
@@ -796,3 +798,110 @@ async def test_retry_requeues_a_failed_or_cancelled_task_as_a_new_one(
     assert (again["priority"], again["max_attempts"]) == (4, 2)
     assert datetime.fromisoformat(again["run_at"]) < datetime(2030, 1, 1, tzinfo=UTC)
     await expect_error(await client.post(f"/v1/tasks/{uuid.uuid4()}/retry"), 404, "not_found")
+
+
+# ---- idempotency keys -----------------------------------------------------------------
+
+
+async def test_a_second_create_with_the_same_key_returns_the_first_task(
+    client: Client, raw: asyncpg.Connection
+) -> None:
+    body = {"kind": "shell", "command": "echo once", "idempotency_key": "order-17"}
+    first = await post_json(client, "/v1/tasks", body)
+    assert first.status == 201, await first.text()
+    made = await first.json()
+    assert made["idempotency_key"] == "order-17"
+
+    again = await post_json(client, "/v1/tasks", body)
+    assert again.status == 200, await again.text()
+    assert (await again.json())["id"] == made["id"]
+    # Defaults spelled out ask for the same task.
+    spelled = await post_json(client, "/v1/tasks", {**body, "priority": 0, "max_attempts": 1})
+    assert spelled.status == 200 and (await spelled.json())["id"] == made["id"]
+    assert await task_count(raw) == 1
+    # Another key is another task.
+    await create(client, idempotency_key="order-18")
+    assert await task_count(raw) == 2
+
+
+@pytest.mark.parametrize("change", [
+    {"command": "echo twice"}, {"priority": 3}, {"run_at": "2030-01-01T00:00:00Z"},
+])
+async def test_the_same_key_asking_for_something_else_is_409(
+    client: Client, raw: asyncpg.Connection, change: dict[str, Any]
+) -> None:
+    body = {"kind": "shell", "command": "echo once", "idempotency_key": "k"}
+    made = await post_json(client, "/v1/tasks", body)
+    assert made.status == 201
+    message = await expect_error(
+        await post_json(client, "/v1/tasks", {**body, **change}), 409, "conflict")
+    assert "'k'" in message and (await made.json())["id"] in message
+    assert await task_count(raw) == 1
+
+
+async def test_a_batch_says_which_items_already_existed(
+    client: Client, raw: asyncpg.Connection
+) -> None:
+    old = await create(client, idempotency_key="a")
+    items = [{"kind": "noop", "idempotency_key": "a"}, {"kind": "noop"},
+             {"kind": "noop", "idempotency_key": "b"}]
+    response = await post_json(client, "/v1/tasks/batch", {"tasks": items})
+    assert response.status == 201, await response.text()
+    body = await response.json()
+    assert body["existed"] == [True, False, False]
+    assert body["ids"][0] == old["id"]
+    assert await task_count(raw) == 3
+
+    # Sent again: the keyed items are found, the unkeyed one is new again.
+    again = await (await post_json(client, "/v1/tasks/batch", {"tasks": items})).json()
+    assert again["existed"] == [True, False, True]
+    assert (again["ids"][0], again["ids"][2]) == (old["id"], body["ids"][2])
+    assert await task_count(raw) == 4
+    # Every item already there: 200.
+    keyed = [items[0], items[2]]
+    response = await post_json(client, "/v1/tasks/batch", {"tasks": keyed})
+    assert response.status == 200
+    assert (await response.json())["existed"] == [True, True]
+
+
+async def test_a_batch_with_a_clashing_key_writes_nothing(
+    client: Client, raw: asyncpg.Connection
+) -> None:
+    await create(client, idempotency_key="taken", priority=1)
+    items = [{"kind": "noop", "idempotency_key": "fresh"}, {"kind": "noop"},
+             {"kind": "noop", "idempotency_key": "taken", "priority": 2}]
+    await expect_error(await post_json(client, "/v1/tasks/batch", {"tasks": items}), 409,
+                       "conflict")
+    assert await task_count(raw) == 1
+
+
+@pytest.mark.parametrize("items, fragment", [
+    ([{"kind": "noop", "idempotency_key": "x"}, {"kind": "noop", "idempotency_key": "x"}],
+     "tasks[1]: idempotency_key 'x' is also the key of tasks[0]"),
+    ([{"kind": "noop", "idempotency_key": "k" * 201}], "at most 200 characters"),
+    ([{"kind": "noop", "idempotency_key": ""}], "idempotency_key"),
+    ([{"kind": "noop", "idempotency_key": 7}], "idempotency_key"),
+])
+async def test_bad_idempotency_keys_are_400(
+    client: Client, raw: asyncpg.Connection, items: list[dict[str, Any]], fragment: str
+) -> None:
+    message = await expect_error(
+        await post_json(client, "/v1/tasks/batch", {"tasks": items}), 400, "invalid_input")
+    assert fragment in message
+    if len(items) == 1:
+        await expect_error(await post_json(client, "/v1/tasks", items[0]), 400,
+                           "invalid_input")
+    assert await task_count(raw) == 0
+
+
+async def test_fifty_concurrent_creates_with_one_key_make_one_task(
+    client: Client, raw: asyncpg.Connection
+) -> None:
+    body = {"kind": "shell", "command": "echo racing", "idempotency_key": "race"}
+    responses = await asyncio.gather(*(post_json(client, "/v1/tasks", body)
+                                       for _ in range(50)))
+    statuses = sorted(r.status for r in responses)
+    assert statuses == [200] * 49 + [201], statuses
+    ids = {(await r.json())["id"] for r in responses}
+    assert len(ids) == 1
+    assert await task_count(raw) == 1

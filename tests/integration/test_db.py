@@ -18,7 +18,7 @@ from strata.common.events import Finished, Report, Started, TaskRef
 from strata.common.models import NewTask, TaskState, parse_batch, parse_new_task
 from strata.common.status import RegionStatus, WorkerInfo
 from strata.local.postgres import EmbeddedPostgres
-from strata.master.db import Claimed, Database, Q, RegionRoom
+from strata.master.db import CLAIM_HORIZON, Claimed, Database, Q, RegionRoom
 
 pytestmark = pytest.mark.integration
 
@@ -86,10 +86,10 @@ def unknown_result() -> Finished:
 
 
 async def make_due(raw: asyncpg.Connection, task_id: uuid.UUID) -> None:
-    """Test setup: skip a retry's backoff (as if its time had come and the scanner had
-    promoted it)."""
+    """Test setup: skip a retry's backoff (as if its time had come, the scanner having
+    promoted it on the way)."""
     await raw.execute(
-        "UPDATE tasks SET run_at = now() - interval '1 second', due = true WHERE id = $1",
+        "UPDATE tasks SET run_at = now() - interval '1 second', near = true WHERE id = $1",
         task_id)
 
 
@@ -537,21 +537,22 @@ async def test_hand_back_is_not_a_failure(db: Database, raw: asyncpg.Connection)
 
 
 async def test_next_due_is_the_earliest_pending_run_at(db: Database) -> None:
-    assert await db.next_due() is None
+    assert await db.next_due(["a"]) is None
     now = utcnow()
     earliest_but_claimed = new_task(run_at=now - timedelta(hours=1))
     await db.insert_tasks([earliest_but_claimed])
     await claim_one(db, earliest_but_claimed.id)
-    assert await db.next_due() is None
+    assert await db.next_due(["a"]) is None
 
-    later = new_task(run_at=now + timedelta(hours=2))
-    sooner = new_task(run_at=now + timedelta(hours=1))
-    await db.insert_tasks([later, sooner])
-    assert await db.next_due() == sooner.run_at
+    later = new_task(run_at=now + CLAIM_HORIZON * 0.75)
+    sooner = new_task(run_at=now + CLAIM_HORIZON / 2)
+    beyond = new_task(run_at=now + timedelta(hours=1))  # promoted at a scan, ahead of time
+    await db.insert_tasks([later, sooner, beyond])
+    assert await db.next_due(["a"]) == sooner.run_at
 
     outcome = await db.cancel_task(sooner.id)
     assert outcome is not None and outcome.cancelled
-    assert await db.next_due() == later.run_at
+    assert await db.next_due(["a"]) == later.run_at
 
 
 # ---- regions --------------------------------------------------------------------------
@@ -669,7 +670,7 @@ async def test_cancel_pending_task(db: Database) -> None:
     assert row is not None
     assert row.state is TaskState.CANCELLED
     assert row.finished_at is not None
-    assert await db.next_due() is None
+    assert await db.next_due(["a"]) is None
 
 
 async def test_cancel_dispatched_task_reports_where_it_runs(db: Database) -> None:
@@ -919,35 +920,60 @@ async def test_counting_due_work_reads_only_due_work(
     assert await db.count_due(["a", "dead"], 1000) == 45 + CROWD_PINNED_DEAD
 
 
-async def test_tasks_become_due_when_their_time_comes(
+async def test_tasks_due_later_are_claimable_once_due_and_promoted_ahead_of_time(
     db: Database, raw: asyncpg.Connection
 ) -> None:
     await _crowd(db, raw)
-    # Not due yet, at the highest priority: not claimed, and not promoted.
-    assert await db.promote_due(1000) == 0
+    # Due in an hour, at the highest priority: not claimed, and not promoted.
+    assert await db.promote_near(1000) == 0
     assert await db.claim("a", 1000) == []
-    # Five of the later ones come due; the promotion reads only those.
+    # Five of them come within the claim horizon; the promotion reads only those.
     await raw.execute(
-        "UPDATE tasks SET run_at = now() - interval '1 second' WHERE id IN "
-        "(SELECT id FROM tasks WHERE state = 'pending' AND NOT due LIMIT 5)")
+        "UPDATE tasks SET run_at = now() + interval '30 seconds' WHERE id IN "
+        "(SELECT id FROM tasks WHERE state = 'pending' AND NOT near LIMIT 5)")
     await raw.execute("ANALYZE tasks")
-    _, read = await measured(raw, Q["promote_due"], 1000)
+    _, read = await measured(raw, Q["promote_near"], 1000, CLAIM_HORIZON.total_seconds())
     assert read <= 3 * 5 + 2, read
-    assert await db.promote_due(3) == 3, "at most the batch asked for"
-    assert await db.promote_due(1000) == 2
+    assert await db.promote_near(3) == 3, "at most the batch asked for"
+    assert await db.promote_near(1000) == 2
+    # Near, but not due: still not claimed.
+    assert await db.claim("a", 1000) == []
+    await raw.execute("UPDATE tasks SET run_at = now() - interval '1 second' "
+                      "WHERE near AND state = 'pending' AND region IS NULL")
     claimed = await db.claim("a", 1000)
     assert len(claimed) == 5 and {c.priority for c in claimed} == {5}
+
+
+async def test_a_task_due_within_the_horizon_is_near_from_the_start(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    soon = new_task(run_at=utcnow() + CLAIM_HORIZON / 2)
+    later = new_task(run_at=utcnow() + CLAIM_HORIZON * 2)
+    await db.insert_tasks([soon, later])
+    rows = await raw.fetch("SELECT id, near FROM tasks")
+    assert {r["id"]: r["near"] for r in rows} == {soon.id: True, later.id: False}
+    assert await db.claim("a", 10) == []
+    assert await db.next_due(["a"]) == soon.run_at
 
 
 async def test_next_due_reads_only_tasks_not_due_yet(
     db: Database, raw: asyncpg.Connection
 ) -> None:
     await _crowd(db, raw)
-    # The dead region's due backlog is not a reason to wake: it waits for its region.
-    expected = await raw.fetchval(
-        "SELECT min(run_at) FROM tasks WHERE state = 'pending' AND run_at > now()")
-    assert await db.next_due() == expected
-    _, read = await measured(raw, Q["next_due"])
+    # Already due, the dead region's backlog is not a reason to wake: it waits for its
+    # region. Due later than the horizon: promoted at a scan. Neither is read.
+    assert await db.next_due(["a"]) is None
+    _, read = await measured(raw, Q["next_due"], ["a", "dead"])
+    assert read == 0, read
+    # Pinned to a region that is down: no reason to wake, until it is up.
+    soon = new_task(run_at=utcnow() + CLAIM_HORIZON / 3, region="dead")
+    await db.insert_tasks([soon])
+    assert await db.next_due(["a"]) is None
+    assert await db.next_due(["a", "dead"]) == soon.run_at
+    sooner = new_task(run_at=utcnow() + CLAIM_HORIZON / 4)
+    await db.insert_tasks([sooner])
+    assert await db.next_due(["a"]) == sooner.run_at
+    _, read = await measured(raw, Q["next_due"], ["a", "dead"])
     assert read <= 2, read
 
 

@@ -255,7 +255,7 @@ def test_task_to_json():
         created_at=datetime(2030, 1, 1, 14, tzinfo=plus_two), picked_at=None,
         started_at=datetime(2030, 1, 1, 12, 0, 1, tzinfo=UTC), finished_at=None,
         result=TaskResult(exit_code=None, output="tail", error=None, output_truncated=True),
-        retry_of=retried,
+        retry_of=retried, idempotency_key="order-17",
     )
     assert task.to_json() == {
         "id": str(task_id),
@@ -278,6 +278,7 @@ def test_task_to_json():
                    "output_truncated": True, "stderr_truncated": False,
                              "killed_processes": 0},
         "retry_of": str(retried),
+        "idempotency_key": "order-17",
     }
 
 
@@ -299,3 +300,28 @@ def test_task_to_json_region_falls_back_to_the_pinned_one():
 def test_terminal_states():
     assert {s for s in TaskState if s.terminal} == {
         TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED}
+
+
+# ---- idempotency keys -------------------------------------------------------------------
+
+
+def test_an_idempotency_key_fingerprints_what_was_asked_for():
+    def fingerprint(**fields: Any) -> str | None:
+        return parse_new_task({"kind": "shell", "command": "true", "idempotency_key": "k",
+                               **fields}).fingerprint
+
+    assert fingerprint() == fingerprint()
+    # A default spelled out asks for the same; the key itself is not part of it.
+    assert fingerprint(priority=0, max_attempts=1, timeout_s=3600) == fingerprint()
+    assert fingerprint(idempotency_key="other") == fingerprint()
+    assert fingerprint(priority=1) != fingerprint()
+    assert fingerprint(command="false") != fingerprint()
+    assert fingerprint(run_at="2030-01-01T00:00:00Z") != fingerprint()
+    assert parse_new_task({"kind": "noop"}).fingerprint is None
+
+
+def test_a_batch_refuses_one_key_twice():
+    items = [{"kind": "noop", "idempotency_key": "a"}, {"kind": "noop"},
+             {"kind": "noop", "idempotency_key": "a"}]
+    with pytest.raises(InvalidInput, match=r"tasks\[2\]: .*tasks\[0\]"):
+        parse_batch({"tasks": items})
