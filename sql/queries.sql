@@ -1,4 +1,8 @@
 -- Named queries, loaded once by master/db.py. Values are always bound parameters.
+--
+-- Every statement that moves tasks into or out of pending, or into a finished state,
+-- adds that to task_counts in the same statement (into its session's slot), so counting
+-- tasks by state never reads the tasks themselves.
 
 -- name: insert_tasks
 -- One round trip for one task or ten thousand; the NOTIFY wakes the scanners at commit.
@@ -13,6 +17,10 @@ WITH inserted AS (
                 $6::text[], $7::int[], $8::float8[], $9::uuid[])
         AS u (id, kind, payload, priority, run_at, region, max_attempts, timeout_s, retry_of)
     RETURNING created_at
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT 'pending', pg_backend_pid() % 16, count(*) FROM inserted HAVING count(*) > 0
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 )
 SELECT (SELECT created_at FROM inserted LIMIT 1) AS created_at, pg_notify('strata_tasks', '');
 
@@ -30,6 +38,10 @@ WITH inserted AS (
               idempotency_key, fingerprint)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, created_at
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT 'pending', pg_backend_pid() % 16, count(*) FROM inserted HAVING count(*) > 0
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 )
 SELECT array_agg(id) AS ids, min(created_at) AS created_at, pg_notify('strata_tasks', '')
 FROM inserted;
@@ -58,13 +70,20 @@ WITH free AS (
     SELECT id FROM (SELECT * FROM free UNION ALL SELECT * FROM pinned) AS candidates
     ORDER BY priority DESC, run_at
     LIMIT $2
+), claimed AS (
+    UPDATE tasks AS t
+    SET state = 'dispatched', attempt = t.attempt + 1, assigned_region = $1,
+        picked_at = coalesce(t.picked_at, now()), claimed_at = now(), worker_id = NULL
+    -- By key, whatever the planner guesses of the candidates' number.
+    WHERE t.id = ANY (ARRAY (SELECT id FROM due))
+    RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.priority,
+              t.run_at
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT 'pending', pg_backend_pid() % 16, -count(*) FROM claimed HAVING count(*) > 0
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 )
-UPDATE tasks AS t
-SET state = 'dispatched', attempt = t.attempt + 1, assigned_region = $1,
-    picked_at = coalesce(t.picked_at, now()), claimed_at = now(), worker_id = NULL
--- By key, whatever the planner guesses of the candidates' number.
-WHERE t.id = ANY (ARRAY (SELECT id FROM due))
-RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.priority, t.run_at;
+SELECT * FROM claimed;
 
 -- name: count_due
 -- How many due tasks the live regions $1 could take, counted up to $2 (their room): a
@@ -121,11 +140,18 @@ ORDER BY r.name;
 
 -- name: return_to_pending
 -- Attempts that never started (undeliverable batch, a region handing work back).
-UPDATE tasks AS t
-SET state = 'pending', assigned_region = NULL, worker_id = NULL
-FROM unnest($1::uuid[], $2::int[]) AS e(id, attempt)
-WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
-RETURNING t.id;
+WITH returned AS (
+    UPDATE tasks AS t
+    SET state = 'pending', assigned_region = NULL, worker_id = NULL
+    FROM unnest($1::uuid[], $2::int[]) AS e(id, attempt)
+    WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
+    RETURNING t.id
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT 'pending', pg_backend_pid() % 16, count(*) FROM returned HAVING count(*) > 0
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+)
+SELECT id FROM returned;
 
 -- name: mark_started
 WITH e AS (
@@ -183,7 +209,7 @@ WITH e AS (
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
     SELECT u.state, pg_backend_pid() % 16, count(*) FROM updated AS u
-    WHERE u.state IN ('succeeded', 'failed')
+    WHERE u.state IN ('succeeded', 'failed', 'pending')
     GROUP BY u.state
     ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 )
@@ -266,24 +292,23 @@ WITH before AS (
     WHERE t.id = b.id AND b.state IN ('pending', 'dispatched', 'running')
     RETURNING t.id
 ), counted AS (
+    -- Cancelled, and no longer pending if it was.
     INSERT INTO task_counts (state, slot, n)
-    SELECT 'cancelled', pg_backend_pid() % 16, count(*) FROM updated
-    HAVING count(*) > 0
+    SELECT c.state, pg_backend_pid() % 16, c.n
+    FROM updated, before AS b,
+         LATERAL (VALUES ('cancelled', 1), ('pending', -1)) AS c (state, n)
+    WHERE c.state = 'cancelled' OR b.state = 'pending'
     ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 )
 SELECT b.state, b.assigned_region, b.attempt, EXISTS (SELECT 1 FROM updated) AS cancelled
 FROM before b;
 
 -- name: count_by_state
--- Unfinished tasks from their partial indexes; finished ones from the counts kept as
--- they finish. A state with none is left out.
+-- Pending and finished tasks from the counts kept as they move; those in flight (as many
+-- as the regions hold at most) from their partial index. A state with none is left out.
 SELECT state, n FROM (
-    SELECT 'pending' AS state,
-           (SELECT count(*) FROM tasks WHERE state = 'pending' AND near AND region IS NULL)
-         + (SELECT count(*) FROM tasks WHERE state = 'pending' AND near AND region IS NOT NULL)
-         + (SELECT count(*) FROM tasks WHERE state = 'pending' AND NOT near) AS n
-  UNION ALL
-    SELECT state, count(*) FROM tasks WHERE state IN ('dispatched', 'running') GROUP BY state
+    SELECT state, count(*) AS n FROM tasks WHERE state IN ('dispatched', 'running')
+    GROUP BY state
   UNION ALL
     SELECT state, sum(n)::bigint FROM task_counts GROUP BY state
 ) AS counts
@@ -299,25 +324,39 @@ RETURNING name, last_heartbeat;
 -- Every unfinished attempt held by a down region: a new attempt (the fencing token moves
 -- on, so the old one's late results are dropped), back to pending. Pinned tasks come
 -- back too, and wait there until their region is up again.
-UPDATE tasks AS t
-SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL
-FROM regions AS r
-WHERE r.name = t.assigned_region AND r.state = 'down'
-  AND t.state IN ('dispatched', 'running')
-RETURNING t.id, r.name AS region;
+WITH reclaimed AS (
+    UPDATE tasks AS t
+    SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL
+    FROM regions AS r
+    WHERE r.name = t.assigned_region AND r.state = 'down'
+      AND t.state IN ('dispatched', 'running')
+    RETURNING t.id, r.name AS region
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT 'pending', pg_backend_pid() % 16, count(*) FROM reclaimed HAVING count(*) > 0
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+)
+SELECT id, region FROM reclaimed;
 
 -- name: reconcile_region
 -- Attempts the master believes a live region holds but the region's heartbeat does not
 -- list: they never arrived or were lost with a restart. A new attempt, back to pending.
-UPDATE tasks AS t
-SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL
-WHERE t.assigned_region = $1 AND t.state IN ('dispatched', 'running')
-  AND t.claimed_at < $4
-  AND NOT EXISTS (
-      SELECT 1 FROM unnest($2::uuid[], $3::int[]) AS h(id, attempt)
-      WHERE h.id = t.id AND h.attempt = t.attempt
-  )
-RETURNING t.id;
+WITH lost AS (
+    UPDATE tasks AS t
+    SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL
+    WHERE t.assigned_region = $1 AND t.state IN ('dispatched', 'running')
+      AND t.claimed_at < $4
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest($2::uuid[], $3::int[]) AS h(id, attempt)
+          WHERE h.id = t.id AND h.attempt = t.attempt
+      )
+    RETURNING t.id
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT 'pending', pg_backend_pid() % 16, count(*) FROM lost HAVING count(*) > 0
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+)
+SELECT id FROM lost;
 
 -- name: region_names
 SELECT name, state = 'up' AND last_heartbeat > now() - $1::float8 * interval '1 second' AS live,

@@ -30,9 +30,11 @@ CREATE INDEX tasks_wake_pinned_idx ON tasks (run_at)
 -- Listing by state, oldest or newest first, reads only the page it returns.
 CREATE INDEX tasks_state_created_idx ON tasks (state, created_at, id);
 
--- Finished tasks are counted as they finish, in the statement that finishes them, so
--- /v1/stats need not count a million rows. One row per state and slot: a writer adds to
--- its session's slot, so concurrent writers rarely wait on one another.
+-- Pending and finished tasks are counted as they move, in the statement that moves
+-- them, so /v1/stats need not count a million rows (or a backlog of a million due
+-- later). One row per state and slot: a writer adds to its session's slot, so
+-- concurrent writers rarely wait on one another; a slot may go below zero, their sum
+-- never does.
 CREATE TABLE task_counts (
     state text NOT NULL,
     slot  integer NOT NULL,
@@ -41,5 +43,5 @@ CREATE TABLE task_counts (
 );
 INSERT INTO task_counts (state, slot, n)
 SELECT state, 0, count(*) FROM tasks
-WHERE state IN ('succeeded', 'failed', 'cancelled')
+WHERE state IN ('pending', 'succeeded', 'failed', 'cancelled')
 GROUP BY state;
