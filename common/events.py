@@ -8,7 +8,7 @@ attempt; the master writes them only while the attempt still matches the row.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
@@ -61,6 +61,7 @@ class Finished:
     output_truncated: bool = False
     stderr_truncated: bool = False
     killed_processes: int = 0
+    timed_out: bool = False
 
     @property
     def ref(self) -> TaskRef:
@@ -68,11 +69,22 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Evicted:
+    """An attempt whose worker died: its region runs it again on another worker."""
+
+    id: str
+    attempt: int
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Report:
-    """A region's batch of events, parsed: what started, what finished, and what was
-    handed back unfinished (to run again)."""
+    """A region's batch of events, parsed: what started, what finished, what was
+    handed back unfinished (to run again), and what lost its worker."""
 
     region: str
     started: list[Started]
     finished: list[Finished]
     returned: list[TaskRef]
+    evicted: list[Evicted] = field(default_factory=list)

@@ -226,6 +226,7 @@ class Task(BaseModel):
     result: TaskResult
     retry_of: uuid.UUID | None = None
     idempotency_key: str | None = None
+    claimed_at: datetime | None = None  # when the current attempt was claimed
 
     @classmethod
     def created(cls, new: NewTask, created_at: datetime) -> Task:
@@ -269,6 +270,7 @@ class Task(BaseModel):
             ),
             retry_of=row["retry_of"],
             idempotency_key=row["idempotency_key"],
+            claimed_at=row["claimed_at"],
         )
 
     def to_json(self) -> dict[str, Any]:

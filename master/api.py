@@ -202,6 +202,7 @@ class Api:
         app.router.add_get("/v1/tasks/{id}", self.get_task)
         app.router.add_post("/v1/tasks/{id}/cancel", self.cancel_task)
         app.router.add_post("/v1/tasks/{id}/retry", self.retry_task)
+        app.router.add_get("/v1/tasks/{id}/attempts", self.task_attempts)
         app.router.add_get("/v1/stats", self.stats)
         app.router.add_get("/v1/regions", self.regions)
         app.router.add_delete("/v1/regions/{name}", self.delete_region)
@@ -243,6 +244,11 @@ class Api:
         if task.state is TaskState.PENDING:
             body["waiting_for"] = await self._control.waiting_for(task)
         return web.json_response(body)
+
+    async def task_attempts(self, request: web.Request) -> web.Response:
+        _query(request)
+        attempts = await self._control.attempts(_task_id(request.match_info["id"]))
+        return web.json_response({"attempts": attempts})
 
     async def list_tasks(self, request: web.Request) -> web.Response:
         query = _query(request, *LIST_PARAMETERS)

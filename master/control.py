@@ -14,7 +14,7 @@ from strata.common.errors import Conflict, InvalidInput, NotFound
 from strata.common.models import NewTask, Task, TaskState
 from strata.common.settings import MasterSettings
 from strata.common.timeutil import from_unix, rfc3339, utcnow
-from strata.master.db import Database, Inserted
+from strata.master.db import Attempt, Database, Inserted
 from strata.master.regions import RegionClients
 from strata.proto import strata_pb2 as pb
 
@@ -61,6 +61,27 @@ class Control:
         if task is None:
             raise NotFound(f"no task {task_id}")
         return task
+
+    async def attempts(self, task_id: uuid.UUID) -> list[dict[str, Any]]:
+        """Every attempt of the task: those that ended, from the history, and the one in
+        flight, from the task itself (no outcome yet)."""
+        task = await self.get(task_id)
+        ended = await self._db.attempts(task_id)
+        if task.state in (TaskState.DISPATCHED, TaskState.RUNNING):
+            ended.append(Attempt(
+                attempt=task.attempt, region=task.assigned_region, worker_id=task.worker_id,
+                claimed_at=task.claimed_at, started_at=task.started_at, finished_at=None,
+                outcome=None, reason=None, exit_code=None,
+            ))
+        return [
+            {
+                "attempt": a.attempt, "region": a.region, "worker_id": a.worker_id,
+                "claimed_at": rfc3339(a.claimed_at), "started_at": rfc3339(a.started_at),
+                "finished_at": rfc3339(a.finished_at), "outcome": a.outcome,
+                "reason": a.reason, "exit_code": a.exit_code,
+            }
+            for a in ended
+        ]
 
     async def waiting_for(self, task: Task) -> str | None:
         """Why a pending task has not started yet, in words; None if it is not pending."""

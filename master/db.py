@@ -96,6 +96,21 @@ class Inserted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One attempt of a task, as it ended (or, with no outcome, as it runs)."""
+
+    attempt: int
+    region: str | None
+    worker_id: str | None
+    claimed_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    outcome: str | None
+    reason: str | None
+    exit_code: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RegionRoom:
     name: str
     address: str
@@ -372,13 +387,14 @@ class Database:
 
     @_wrap
     async def region_room(self, dead_after: timedelta) -> list[RegionRoom]:
-        rows = await self._planned_pool.fetch(Q["region_room"], dead_after.total_seconds())
+        rows = await self._pool.fetch(Q["region_room"], dead_after.total_seconds())
         return [RegionRoom(name=r["name"], address=r["address"], room=r["room"]) for r in rows]
 
     @_wrap
-    async def return_to_pending(self, refs: Sequence[TaskRef]) -> int:
+    async def return_to_pending(self, refs: Sequence[TaskRef], reason: str) -> int:
+        """Attempts that never started, back to pending; each ends ``returned``."""
         rows = await self._pool.fetch(
-            Q["return_to_pending"], [r.id for r in refs], [r.attempt for r in refs]
+            Q["return_to_pending"], [r.id for r in refs], [r.attempt for r in refs], reason
         )
         return len(rows)
 
@@ -395,6 +411,14 @@ class Database:
                 await conn.execute(
                     Q["return_to_pending"],
                     [r.id for r in returned], [r.attempt for r in returned],
+                    "handed back by its worker (stopping, or stopped by its region)",
+                )
+            # Before the starts: a start on the next worker may come in this very report.
+            if evicted := report.evicted:
+                await conn.execute(
+                    Q["mark_evicted"], [e.id for e in evicted], [e.attempt for e in evicted],
+                    [e.worker_id for e in evicted], [e.reason for e in evicted],
+                    report.region,
                 )
             if started := report.started:
                 rows = await conn.fetch(
@@ -415,6 +439,7 @@ class Database:
                     [e.stderr for e in finished], [e.output_truncated for e in finished],
                     [e.stderr_truncated for e in finished],
                     [e.killed_processes for e in finished],
+                    [e.timed_out for e in finished], report.region,
                 )
                 stale.extend(TaskRef(str(r["id"]), r["attempt"]) for r in rows)
             if stale:
@@ -425,6 +450,12 @@ class Database:
     async def get_task(self, task_id: uuid.UUID) -> Task | None:
         row = await self._pool.fetchrow(Q["get_task"], task_id)
         return Task.from_row(row) if row is not None else None
+
+    @_wrap
+    async def attempts(self, task_id: uuid.UUID) -> list[Attempt]:
+        """Every attempt of the task that ended, in order."""
+        rows = await self._pool.fetch(Q["list_attempts"], task_id)
+        return [Attempt(**dict(r)) for r in rows]
 
     @_wrap
     async def list_tasks(

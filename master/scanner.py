@@ -46,6 +46,10 @@ class Scanner:
         self._backlogged = False
         # The last scan promoted a full batch: more tasks may be near.
         self._promoting = False
+        # When tasks are next promoted (loop time): once a scan interval is plenty for
+        # tasks promoted a whole claim horizon before they are due, and spares the
+        # scans between a round trip each.
+        self._promote_at = 0.0
         self._live: list[str] = []  # the live regions at the last scan
 
     def wake(self) -> None:
@@ -107,7 +111,10 @@ class Scanner:
     async def scan_once(self) -> int:
         """Claim each free region's share and start delivering it; returns how many
         tasks were claimed."""
-        self._promoting = await self._db.promote_near(PROMOTE_BATCH) == PROMOTE_BATCH
+        now = asyncio.get_running_loop().time()
+        if self._promoting or now >= self._promote_at:
+            self._promoting = await self._db.promote_near(PROMOTE_BATCH) == PROMOTE_BATCH
+            self._promote_at = now + self._settings.scan_interval.total_seconds()
         # A region whose breaker is open gets nothing: its share stays pending for the
         # regions that answer.
         live = await self._db.region_room(self._settings.region_dead_after)
@@ -180,8 +187,9 @@ class Scanner:
         except (grpc.aio.AioRpcError, CircuitOpen) as exc:
             # Undeliverable: back to pending at once, for whichever region answers. If the
             # call did arrive after all, the next claim's new attempt fences it off.
-            returned = await self._db.return_to_pending([c.ref for c in claimed])
             reason = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            returned = await self._db.return_to_pending(
+                [c.ref for c in claimed], f"delegation to region {region.name} failed: {reason}")
             logger.warning(
                 "delegation of %d tasks to %s failed (%s); %d back to pending",
                 len(claimed), region.name, reason, returned,
@@ -190,7 +198,8 @@ class Scanner:
             return 0
         if reply.rejected:
             refs = [TaskRef.parse(r.task_id, r.attempt) for r in reply.rejected]
-            await self._db.return_to_pending(refs)
+            await self._db.return_to_pending(
+                refs, f"region {region.name} had no room for it when it was delegated")
             logger.info(
                 "region %s rejected %d tasks", region.name, len(refs),
                 extra={"action": "delegate_rejected", "region": region.name},

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from strata.common.errors import InvalidInput, NotFound, StrataError, Unavailable
-from strata.common.events import Finished, Report, Started, TaskRef
+from strata.common.events import Evicted, Finished, Report, Started, TaskRef
 from strata.common.settings import MasterSettings
 from strata.common.status import RegionStatus, WorkerInfo
 from strata.common.text import storable
@@ -61,6 +61,7 @@ def split_events(region: str, events: list[pb.TaskEvent]) -> Report:
     started and finished within one batch needs only its result: the result carries
     started_at."""
     returned: list[TaskRef] = []
+    evicted: list[Evicted] = []
     finished: dict[TaskRef, Finished] = {}
     started: dict[TaskRef, Started] = {}
     for e in events:
@@ -79,14 +80,17 @@ def split_events(region: str, events: list[pb.TaskEvent]) -> Report:
                 exit_code=e.exit_code if e.has_exit_code else None,
                 output=_text(e.output), error=_text(e.error), stderr=_text(e.stderr),
                 output_truncated=e.output_truncated, stderr_truncated=e.stderr_truncated,
-                killed_processes=e.killed_processes,
+                killed_processes=e.killed_processes, timed_out=e.timed_out,
             )
         elif e.type == pb.EVENT_TYPE_RETURNED:
             returned.append(ref)
+        elif e.type == pb.EVENT_TYPE_EVICTED:
+            evicted.append(Evicted(id=ref.id, attempt=ref.attempt, worker_id=e.worker_id,
+                                   reason=_text(e.error) or "its worker died"))
     done = finished.keys() | set(returned)
     only_started = [s for ref, s in started.items() if ref not in done]
     return Report(region=region, started=only_started, finished=list(finished.values()),
-                  returned=returned)
+                  returned=returned, evicted=evicted)
 
 
 class MasterService:
@@ -182,7 +186,9 @@ class MasterService:
         self, request: pb.HandBackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HandBackReply:
         refs = [_ref(t) for t in request.tasks]
-        returned = await self._db.return_to_pending(refs)
+        returned = await self._db.return_to_pending(
+            refs, f"handed back by region {request.region}: "
+                  f"{_text(request.reason) or 'no reason given'}")
         logger.info(
             "region %s handed back %d tasks (%s)", request.region, returned, request.reason,
             extra={"action": "tasks_handed_back", "region": request.region},

@@ -141,10 +141,19 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
     lease = Lease(settings.worker_dead_after.total_seconds() * 2)
     link = MasterLink(settings, lease)
     uplink: Uplink
+
+    def report_evicted(worker_id: str, specs: list[pb.TaskSpec], reason: str) -> None:
+        # Past the buffer's limit if need be: at most what one worker held.
+        for spec in specs:
+            events.put_nowait(pb.TaskEvent(
+                task_id=spec.id, attempt=spec.attempt, type=pb.EVENT_TYPE_EVICTED,
+                worker_id=worker_id, error=reason))
+
     coordinator = Coordinator(
         name=settings.name, queue_factor=settings.queue_factor, lease=lease,
         on_capacity_change=lambda: uplink.poke(),
         hand_back=lambda specs, reason: uplink.hand_back(specs, reason),
+        on_evicted=report_evicted,
     )
     events: Batcher[pb.TaskEvent] = Batcher(
         lambda batch: uplink.report(batch), max_size=settings.report_batch,

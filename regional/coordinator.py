@@ -71,11 +71,15 @@ class Coordinator:
         on_capacity_change: Callable[[], None],
         hand_back: Callable[[list[pb.TaskSpec], str], None],
         lease: Lease | None = None,
+        on_evicted: Callable[[str, list[pb.TaskSpec], str], None] | None = None,
     ) -> None:
         self.name = name
         self._queue_factor = queue_factor
         self._on_capacity_change = on_capacity_change
         self._hand_back = hand_back
+        # Told (worker id, its attempts, why) when a worker is gone for good and its
+        # attempts are queued again here: the master records them as evicted.
+        self._on_evicted = on_evicted
         self._queue: deque[pb.TaskSpec] = deque()
         self._workers: dict[str, WorkerConn] = {}
         self._rr = 0  # index of the worker that gets the next task
@@ -227,12 +231,12 @@ class Coordinator:
         self.assign()
         self._on_capacity_change()
 
-    def _requeue(self, worker: WorkerConn) -> int:
+    def _requeue(self, worker: WorkerConn) -> list[pb.TaskSpec]:
         orphans = list(worker.inflight.values())
         worker.inflight.clear()
         # To the front, in their order: they were due before what is queued now.
         self._queue.extendleft(reversed(orphans))
-        return len(orphans)
+        return orphans
 
     def disconnect(self, worker_id: str, reason: str, *, conn: WorkerConn) -> None:
         """A worker's stream closed. A worker that only lost its connection still runs
@@ -260,9 +264,11 @@ class Coordinator:
         del self._workers[worker_id]
         orphans = self._requeue(worker)
         logger.warning(
-            "worker %s left: %s; %d in-flight tasks requeued", worker_id, reason, orphans,
+            "worker %s left: %s; %d in-flight tasks requeued", worker_id, reason, len(orphans),
             extra={"action": "worker_evicted", "region": self.name, "worker": worker_id},
         )
+        if orphans and self._on_evicted is not None:
+            self._on_evicted(worker_id, orphans, f"worker {worker_id} left: {reason}")
         if not self.workers() and self._queue:
             self._hand_back(self.drain_queue(), "no live worker")
         self.assign()

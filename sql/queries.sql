@@ -139,13 +139,21 @@ WHERE r.state = 'up' AND r.last_heartbeat > now() - $1::float8 * interval '1 sec
 ORDER BY r.name;
 
 -- name: return_to_pending
--- Attempts that never started (undeliverable batch, a region handing work back).
+-- Attempts that never started (undeliverable batch, a region handing work back), for
+-- reason $3: they end returned.
 WITH returned AS (
     UPDATE tasks AS t
     SET state = 'pending', assigned_region = NULL, worker_id = NULL
-    FROM unnest($1::uuid[], $2::int[]) AS e(id, attempt)
+    FROM unnest($1::uuid[], $2::int[]) AS e(id, attempt), tasks AS old
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
-    RETURNING t.id
+      AND old.id = t.id
+    RETURNING t.id, t.attempt, old.assigned_region, old.worker_id, old.claimed_at,
+              old.started_at
+), recorded AS (
+    INSERT INTO attempts (task_id, attempt, region, worker_id, claimed_at, started_at,
+                          outcome, reason)
+    SELECT id, attempt, assigned_region, worker_id, claimed_at, started_at, 'returned', $3
+    FROM returned
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
     SELECT 'pending', pg_backend_pid() % 16, count(*) FROM returned HAVING count(*) > 0
@@ -172,9 +180,9 @@ SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.
 WITH e AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::text[], $5::timestamptz[],
                          $6::timestamptz[], $7::int[], $8::text[], $9::text[], $12::text[],
-                         $13::bool[], $14::bool[], $15::int[])
+                         $13::bool[], $14::bool[], $15::int[], $16::bool[])
         AS e(id, attempt, ok, worker_id, started_at, finished_at, exit_code, output, error,
-             stderr, output_truncated, stderr_truncated, killed_processes)
+             stderr, output_truncated, stderr_truncated, killed_processes, timed_out)
 ), updated AS (
     UPDATE tasks AS t
     SET state = CASE
@@ -205,15 +213,63 @@ WITH e AS (
         killed_processes = e.killed_processes
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
-    RETURNING t.id, t.state
+    RETURNING t.id, t.state, t.claimed_at
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
     SELECT u.state, pg_backend_pid() % 16, count(*) FROM updated AS u
     WHERE u.state IN ('succeeded', 'failed', 'pending')
     GROUP BY u.state
     ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+), stale AS (
+    SELECT e.* FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id)
+), recorded AS (
+    -- Each applied result ends its attempt (region $17 reported it); a stale one, of a
+    -- task that exists, says that attempt's result came and was dropped.
+    INSERT INTO attempts (task_id, attempt, region, worker_id, claimed_at, started_at,
+                          finished_at, outcome, reason, exit_code)
+    SELECT e.id, e.attempt, $17, e.worker_id, u.claimed_at, e.started_at, e.finished_at,
+           CASE WHEN e.ok THEN 'succeeded' WHEN e.timed_out THEN 'timed_out'
+                ELSE 'failed' END,
+           e.error, e.exit_code
+    FROM e JOIN updated AS u ON u.id = e.id
+  UNION ALL
+    SELECT s.id, s.attempt, $17, s.worker_id, NULL, s.started_at, s.finished_at, 'stale',
+           'its result came when the attempt was no longer the task''s own: dropped',
+           s.exit_code
+    FROM stale AS s WHERE EXISTS (SELECT 1 FROM tasks WHERE id = s.id)
 )
-SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id);
+SELECT id, attempt FROM stale;
+
+-- name: mark_evicted
+-- Attempts whose worker $3 died; the region ($5) runs them again on another of its
+-- workers, under the same attempt. Applied before a report's starts, so the attempt is
+-- still the dead worker's, or not yet known to have started (its start came in the same
+-- report as the eviction); recorded once, however often the report is sent.
+WITH e AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[])
+        AS e(id, attempt, worker_id, reason)
+), evicted AS (
+    UPDATE tasks AS t
+    SET state = 'dispatched', worker_id = NULL, started_at = NULL
+    FROM e, tasks AS old
+    WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
+      AND (t.worker_id = e.worker_id OR t.worker_id IS NULL) AND old.id = t.id
+      AND NOT EXISTS (
+          SELECT 1 FROM attempts AS a
+          WHERE a.task_id = e.id AND a.attempt = e.attempt AND a.worker_id = e.worker_id
+            AND a.outcome = 'evicted')
+    RETURNING t.id, t.attempt, e.worker_id, old.claimed_at, old.started_at, e.reason
+)
+INSERT INTO attempts (task_id, attempt, region, worker_id, claimed_at, started_at,
+                      outcome, reason)
+SELECT id, attempt, $5, worker_id, claimed_at, started_at, 'evicted', reason
+FROM evicted;
+
+-- name: list_attempts
+SELECT attempt, region, worker_id, claimed_at, started_at, finished_at, outcome, reason,
+       exit_code
+FROM attempts WHERE task_id = $1
+ORDER BY attempt, finished_at;
 
 -- name: count_stale
 UPDATE regions SET stale_results = stale_results + $2 WHERE name = $1;
@@ -285,12 +341,21 @@ LIMIT $5;
 -- name: cancel_task
 -- Returns the row as it was before, so the caller knows whether a region holds it.
 WITH before AS (
-    SELECT id, state, assigned_region, attempt FROM tasks WHERE id = $1 FOR UPDATE
+    SELECT id, state, assigned_region, attempt, worker_id, claimed_at, started_at
+    FROM tasks WHERE id = $1 FOR UPDATE
 ), updated AS (
     UPDATE tasks AS t SET state = 'cancelled', finished_at = now()
     FROM before b
     WHERE t.id = b.id AND b.state IN ('pending', 'dispatched', 'running')
     RETURNING t.id
+), recorded AS (
+    -- An attempt in flight ends with it.
+    INSERT INTO attempts (task_id, attempt, region, worker_id, claimed_at, started_at,
+                          outcome, reason)
+    SELECT b.id, b.attempt, b.assigned_region, b.worker_id, b.claimed_at, b.started_at,
+           'cancelled', 'cancelled by a client'
+    FROM updated, before AS b
+    WHERE b.state IN ('dispatched', 'running')
 ), counted AS (
     -- Cancelled, and no longer pending if it was.
     INSERT INTO task_counts (state, slot, n)
@@ -327,10 +392,17 @@ RETURNING name, last_heartbeat;
 WITH reclaimed AS (
     UPDATE tasks AS t
     SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL
-    FROM regions AS r
+    FROM regions AS r, tasks AS old
     WHERE r.name = t.assigned_region AND r.state = 'down'
-      AND t.state IN ('dispatched', 'running')
-    RETURNING t.id, r.name AS region
+      AND t.state IN ('dispatched', 'running') AND old.id = t.id
+    RETURNING t.id, r.name AS region, old.attempt, old.worker_id, old.claimed_at,
+              old.started_at
+), recorded AS (
+    INSERT INTO attempts (task_id, attempt, region, worker_id, claimed_at, started_at,
+                          outcome, reason)
+    SELECT id, attempt, region, worker_id, claimed_at, started_at, 'reclaimed',
+           'region ' || region || ' was declared down'
+    FROM reclaimed
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
     SELECT 'pending', pg_backend_pid() % 16, count(*) FROM reclaimed HAVING count(*) > 0
@@ -344,13 +416,20 @@ SELECT id, region FROM reclaimed;
 WITH lost AS (
     UPDATE tasks AS t
     SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL
+    FROM tasks AS old
     WHERE t.assigned_region = $1 AND t.state IN ('dispatched', 'running')
-      AND t.claimed_at < $4
+      AND t.claimed_at < $4 AND old.id = t.id
       AND NOT EXISTS (
           SELECT 1 FROM unnest($2::uuid[], $3::int[]) AS h(id, attempt)
           WHERE h.id = t.id AND h.attempt = t.attempt
       )
-    RETURNING t.id
+    RETURNING t.id, old.attempt, old.worker_id, old.claimed_at, old.started_at
+), recorded AS (
+    INSERT INTO attempts (task_id, attempt, region, worker_id, claimed_at, started_at,
+                          outcome, reason)
+    SELECT id, attempt, $1, worker_id, claimed_at, started_at, 'reclaimed',
+           'region ' || $1 || ' no longer held it (never delivered, or lost in a restart)'
+    FROM lost
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
     SELECT 'pending', pg_backend_pid() % 16, count(*) FROM lost HAVING count(*) > 0

@@ -241,7 +241,7 @@ class Agent:
             output=outcome.output, error=outcome.error or "", stderr=outcome.stderr,
             output_truncated=outcome.output_truncated,
             stderr_truncated=outcome.stderr_truncated,
-            killed_processes=outcome.killed_processes,
+            killed_processes=outcome.killed_processes, timed_out=outcome.timed_out,
         )
         pending_started = self._unsent_started.pop(ref, None)
         if pending_started is not None:

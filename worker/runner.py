@@ -49,6 +49,7 @@ class Outcome:
     stderr_truncated: bool = False
     # Processes of the task's group still running when it ended, killed then.
     killed_processes: int = 0
+    timed_out: bool = False
 
 
 class _Tail:
@@ -117,7 +118,8 @@ class Runner:
                 "%s task timed out after %ss", kind, timeout_s,
                 extra={"action": "task_timed_out", "kind": kind},
             )
-            return out.outcome(ok=False, exit_code=None, error=f"timed out after {timeout_s}s")
+            return out.outcome(ok=False, exit_code=None, error=f"timed out after {timeout_s}s",
+                               timed_out=True)
         except asyncio.CancelledError:
             logger.info("%s task cancelled", kind, extra={"action": "task_cancelled", "kind": kind})
             raise
@@ -231,12 +233,13 @@ class _Output:
         await asyncio.gather(self.stdout.read_from(process.stdout),
                              self.stderr.read_from(process.stderr))
 
-    def outcome(self, *, ok: bool, exit_code: int | None, error: str | None) -> Outcome:
+    def outcome(self, *, ok: bool, exit_code: int | None, error: str | None,
+                timed_out: bool = False) -> Outcome:
         return Outcome(
             ok=ok, exit_code=exit_code, error=error,
             output=self.stdout.text(), output_truncated=self.stdout.truncated,
             stderr=self.stderr.text(), stderr_truncated=self.stderr.truncated,
-            killed_processes=self.killed,
+            killed_processes=self.killed, timed_out=timed_out,
         )
 
 

@@ -66,8 +66,40 @@ async def test_killed_region_is_marked_down_and_its_tasks_run_elsewhere(
             task = await c.get(task_id)
             # attempt is the fencing token: 1 (first claim), 2 (reclaim), 3 (second claim).
             assert task["region"] == "west" and task["attempt"] == 3, task
+            # Its history says where it ran first and why it moved.
+            history = (await c.request("GET", f"/v1/tasks/{task_id}/attempts"))["attempts"]
+            first, last = history[0], history[-1]
+            assert (first["attempt"], first["region"], first["outcome"]) == (
+                1, "east", "reclaimed"), history
+            assert first["worker_id"] == "east-w1" and "east" in first["reason"], history
+            assert (last["attempt"], last["region"], last["outcome"]) == (
+                3, "west", "succeeded"), history
     assert "action=region_down" in cluster.log("master")
     assert "action=tasks_reclaimed" in cluster.log("master")
+
+
+async def test_a_task_whose_worker_dies_runs_again_in_its_region_and_says_so(
+    cluster: Cluster,
+) -> None:
+    await cluster.start_master()
+    await cluster.start_region("east")
+    await cluster.start_worker("east", "east-w1", concurrency=1)
+    async with cluster.client() as c:
+        task_id = (await c.create(kind="sleep", seconds=1.5))["id"]
+
+        async def running() -> bool:
+            return (await c.get(task_id))["state"] == "running"
+
+        await wait_until(running, what="the task running on east-w1")
+        await cluster.start_worker("east", "east-w2", concurrency=1)
+        cluster.kill("east-w1", signal.SIGKILL)
+        task = await c.wait(task_id, timeout_s=30)
+        history = (await c.request("GET", f"/v1/tasks/{task_id}/attempts"))["attempts"]
+    assert task["state"] == "succeeded" and task["worker_id"] == "east-w2", task
+    # One attempt (the region ran it again itself), two runs: the first evicted.
+    assert [(a["attempt"], a["worker_id"], a["outcome"]) for a in history] == [
+        (1, "east-w1", "evicted"), (1, "east-w2", "succeeded")], history
+    assert "east-w1" in history[0]["reason"] and history[0]["region"] == "east"
 
 
 async def _down(c: Client, name: str) -> bool:

@@ -905,3 +905,47 @@ async def test_fifty_concurrent_creates_with_one_key_make_one_task(
     ids = {(await r.json())["id"] for r in responses}
     assert len(ids) == 1
     assert await task_count(raw) == 1
+
+
+# ---- attempts -------------------------------------------------------------------------
+
+
+async def test_attempts_lists_ended_attempts_then_the_one_in_flight(
+    client: Client, db: Database, raw: asyncpg.Connection
+) -> None:
+    made = await create(client, max_attempts=2)
+    response = await client.get(f"/v1/tasks/{made['id']}/attempts")
+    assert response.status == 200
+    assert await response.json() == {"attempts": []}
+
+    (claimed,) = await db.claim("eu", 1)
+    now = datetime.now(UTC)
+    await apply_events(db, [], [Finished(
+        id=made["id"], attempt=claimed.attempt, ok=False, worker_id="w-1", started_at=now,
+        finished_at=now, exit_code=2, output=None, error="exited with code 2")],
+        backoff_base=timedelta(0), backoff_max=timedelta(0))
+    await raw.execute("UPDATE tasks SET near = true, run_at = now() - interval '1 second'")
+    (again,) = await db.claim("eu", 1)
+    await apply_events(db, [Started(id=made["id"], attempt=again.attempt, worker_id="w-2",
+                                    started_at=now)], [],
+                       backoff_base=timedelta(0), backoff_max=timedelta(0))
+
+    body = await (await client.get(f"/v1/tasks/{made['id']}/attempts")).json()
+    first, current = body["attempts"]
+    assert set(first) == {"attempt", "region", "worker_id", "claimed_at", "started_at",
+                          "finished_at", "outcome", "reason", "exit_code"}
+    assert (first["attempt"], first["region"], first["worker_id"], first["outcome"],
+            first["reason"], first["exit_code"]) == (
+        1, "eu", "w-1", "failed", "exited with code 2", 2)
+    assert first["claimed_at"] and first["started_at"] and first["finished_at"]
+    assert (current["attempt"], current["region"], current["worker_id"]) == (2, "eu", "w-2")
+    assert (current["outcome"], current["finished_at"]) == (None, None)
+    assert current["claimed_at"] and current["started_at"]
+
+
+async def test_attempts_of_an_unknown_or_malformed_task(client: Client) -> None:
+    await expect_error(await client.get(f"/v1/tasks/{uuid.uuid4()}/attempts"), 404,
+                       "not_found")
+    await expect_error(await client.get("/v1/tasks/nope/attempts"), 400, "invalid_input")
+    await expect_error(await client.post(f"/v1/tasks/{uuid.uuid4()}/attempts"), 405,
+                       "method_not_allowed")

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from strata.common.events import Finished, Report, Started, TaskRef
+from strata.common.events import Evicted, Finished, Report, Started, TaskRef
 from strata.common.models import NewTask, TaskState, parse_batch, parse_new_task
 from strata.common.status import RegionStatus, WorkerInfo
 from strata.local.postgres import EmbeddedPostgres
@@ -262,7 +262,7 @@ async def test_finished_with_older_attempt_is_stale_and_writes_nothing(db: Datab
     task = due_task()
     await db.insert_tasks([task])
     first = await claim_one(db, task.id)
-    assert await db.return_to_pending([TaskRef(str(first.id), first.attempt)]) == 1
+    assert await db.return_to_pending([TaskRef(str(first.id), first.attempt)], "a test") == 1
     second = await claim_one(db, task.id, region="b")
     assert second.attempt == first.attempt + 1
 
@@ -284,7 +284,7 @@ async def test_stale_and_fresh_events_in_one_batch(db: Database) -> None:
     old, fresh = due_task(priority=1), due_task(priority=0)
     await db.insert_tasks([old, fresh])
     old_first, fresh_claim = await db.claim("a", 10)
-    await db.return_to_pending([TaskRef(str(old_first.id), old_first.attempt)])
+    await db.return_to_pending([TaskRef(str(old_first.id), old_first.attempt)], "a test")
     await claim_one(db, old.id)
 
     stale = await apply(db, done=[finished(old_first, ok=True), finished(fresh_claim, ok=True)])
@@ -318,7 +318,7 @@ async def test_started_with_older_attempt_is_stale(db: Database) -> None:
     task = due_task()
     await db.insert_tasks([task])
     first = await claim_one(db, task.id)
-    await db.return_to_pending([TaskRef(str(first.id), first.attempt)])
+    await db.return_to_pending([TaskRef(str(first.id), first.attempt)], "a test")
     await claim_one(db, task.id)
 
     stale = await apply(db, started=[Started(id=str(first.id), attempt=first.attempt,
@@ -474,13 +474,13 @@ async def test_return_to_pending_needs_the_matching_attempt(db: Database) -> Non
     await db.insert_tasks([task])
     claimed = await claim_one(db, task.id)
 
-    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt - 1)]) == 0
-    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt + 1)]) == 0
+    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt - 1)], "a test") == 0
+    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt + 1)], "a test") == 0
     row = await db.get_task(task.id)
     assert row is not None
     assert (row.state, row.assigned_region) == (TaskState.DISPATCHED, "a")
 
-    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt)]) == 1
+    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt)], "a test") == 1
     row = await db.get_task(task.id)
     assert row is not None
     assert row.state is TaskState.PENDING
@@ -497,7 +497,7 @@ async def test_return_to_pending_also_takes_running_tasks_back(db: Database) -> 
     claimed = await claim_one(db, task.id)
     await apply(db, started=[Started(id=str(claimed.id), attempt=claimed.attempt, worker_id="w",
                                      started_at=utcnow())])
-    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt)]) == 1
+    assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt)], "a test") == 1
     row = await db.get_task(task.id)
     assert row is not None
     assert (row.state, row.worker_id) == (TaskState.PENDING, None)
@@ -511,7 +511,7 @@ async def test_return_to_pending_leaves_pending_and_finished_tasks_alone(db: Dat
     await apply(db, done=[finished(claimed, ok=True)])
 
     assert await db.return_to_pending(
-        [TaskRef(str(waiting.id), 0), TaskRef(str(done.id), claimed.attempt)]) == 0
+        [TaskRef(str(waiting.id), 0), TaskRef(str(done.id), claimed.attempt)], "a test") == 0
     assert await db.counts_by_state() == {"pending": 1, "succeeded": 1}
 
 
@@ -520,7 +520,7 @@ async def test_hand_back_is_not_a_failure(db: Database, raw: asyncpg.Connection)
     await db.insert_tasks([task])
     for region in ("a", "b", "a"):
         claimed = await claim_one(db, task.id, region=region)
-        assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt)]) == 1
+        assert await db.return_to_pending([TaskRef(str(task.id), claimed.attempt)], "a test") == 1
     assert await _failures(raw, task.id) == 0
 
     # Three hand-backs, then one real failure: one attempt is still left.
@@ -646,7 +646,7 @@ async def test_region_room_is_max_outstanding_less_tasks_in_flight(db: Database)
                          started_at=utcnow())],
         done=[finished(in_b[0], ok=True)],
     )
-    assert await db.return_to_pending([TaskRef(str(in_a[1].id), in_a[1].attempt)]) == 1
+    assert await db.return_to_pending([TaskRef(str(in_a[1].id), in_a[1].attempt)], "a test") == 1
 
     rooms = await db.region_room(timedelta(seconds=30))
 
@@ -1159,7 +1159,7 @@ async def test_the_counts_follow_every_move_into_and_out_of_pending(
     claimed = await db.claim("a", 6)
     await agree()
     # Handed back, retried after a failure, finished, cancelled while pending.
-    await db.return_to_pending([claimed[0].ref])
+    await db.return_to_pending([claimed[0].ref], "a test")
     await apply(db, done=[finished(claimed[1], ok=False), finished(claimed[2], ok=True)])
     await agree()
     pending_one = (await db.list_tasks(state="pending", region=None, after=None, limit=1))[0]
@@ -1174,3 +1174,102 @@ async def test_the_counts_follow_every_move_into_and_out_of_pending(
     await raw.execute("UPDATE regions SET state = 'down' WHERE name = 'b'")
     assert sum((await db.reclaim_down_regions()).values()) == 2
     await agree()
+
+
+# ---- attempt history ------------------------------------------------------------------
+
+
+async def _history(db: Database, task_id: uuid.UUID) -> list[tuple[int, str | None, str | None]]:
+    return [(a.attempt, a.worker_id, a.outcome) for a in await db.attempts(task_id)]
+
+
+async def test_every_attempt_is_recorded_with_how_it_ended(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    await _upsert(db, "a")
+    await _upsert(db, "b")
+    ok, handed, cancelled = (due_task() for _ in range(3))
+    flaky = due_task(max_attempts=2)
+    pending = due_task(region="elsewhere")  # never claimed by a
+    await db.insert_tasks([ok, flaky, handed, cancelled, pending])
+    by_id = {c.id: c for c in await db.claim("a", 4)}
+    assert set(by_id) == {ok.id, flaky.id, handed.id, cancelled.id}
+
+    timed_out = Finished(id=str(flaky.id), attempt=by_id[flaky.id].attempt, ok=False,
+                         worker_id="w-2", started_at=utcnow(), finished_at=utcnow(),
+                         exit_code=None, output=None, error="timed out after 1s",
+                         timed_out=True)
+    await apply(db, done=[finished(by_id[ok.id], ok=True), timed_out])
+    await db.return_to_pending([by_id[handed.id].ref], "no live worker")
+    await db.cancel_task(cancelled.id)
+    await db.cancel_task(pending.id)  # never claimed: no attempt to end
+
+    (first,) = await db.attempts(ok.id)
+    assert (first.attempt, first.region, first.worker_id, first.outcome, first.exit_code) == (
+        1, "a", "w-1", "succeeded", 0)
+    assert first.claimed_at is not None and first.started_at is not None
+    assert first.claimed_at <= first.finished_at  # type: ignore[operator]
+    assert await _history(db, flaky.id) == [(1, "w-2", "timed_out")]
+    assert [(a.outcome, a.reason) for a in await db.attempts(handed.id)] == [
+        ("returned", "no live worker")]
+    assert await _history(db, cancelled.id) == [(1, None, "cancelled")]
+    assert await db.attempts(pending.id) == []
+
+    # The retry runs in b and fails; then b holds another attempt, is declared down, and
+    # that attempt's result comes late.
+    await make_due(raw, flaky.id)
+    in_b = {c.id: c for c in await db.claim("b", 2)}
+    again, late = in_b[flaky.id], in_b[handed.id]
+    await apply(db, done=[finished(again, ok=False, exit_code=3)], region="b")
+    assert await _history(db, flaky.id) == [(1, "w-2", "timed_out"), (2, "w-1", "failed")]
+    await raw.execute("UPDATE regions SET state = 'down' WHERE name = 'b'")
+    await db.reclaim_down_regions()
+    assert await apply(db, done=[finished(late, ok=True)], region="b") == [
+        (handed.id, late.attempt)]
+    history = await db.attempts(handed.id)
+    assert [(a.attempt, a.region, a.outcome) for a in history] == [
+        (1, "a", "returned"), (2, "b", "reclaimed"), (2, "b", "stale")]
+    assert history[1].reason == "region b was declared down"
+
+
+async def test_an_attempt_lost_by_its_region_is_recorded_reclaimed(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id, region="east")
+    assert await db.reconcile_region("east", [], utcnow() + timedelta(seconds=1)) == 1
+    (lost,) = await db.attempts(task.id)
+    assert (lost.attempt, lost.region, lost.outcome) == (claimed.attempt, "east", "reclaimed")
+    assert "no longer held it" in (lost.reason or "")
+
+
+async def test_an_eviction_is_recorded_once_and_the_attempt_runs_on(db: Database) -> None:
+    task = due_task()
+    await db.insert_tasks([task])
+    claimed = await claim_one(db, task.id)
+    start = Started(id=str(task.id), attempt=claimed.attempt, worker_id="w-1",
+                    started_at=utcnow())
+    await apply(db, started=[start])
+    eviction = Evicted(id=str(task.id), attempt=claimed.attempt, worker_id="w-1",
+                       reason="worker w-1 left: no heartbeat for 3.1s")
+
+    async def report(**events: Any) -> None:
+        await db.apply_report(
+            Report(region="a", started=events.get("started", []), finished=[],
+                   returned=[], evicted=events.get("evicted", [])),
+            backoff_base=BACKOFF, backoff_max=BACKOFF_MAX)
+
+    # Evicted and started again on w-2 in one report; the report is then sent again.
+    rerun = Started(id=str(task.id), attempt=claimed.attempt, worker_id="w-2",
+                    started_at=utcnow())
+    await report(evicted=[eviction], started=[rerun])
+    await report(evicted=[eviction], started=[rerun])
+    row = await db.get_task(task.id)
+    assert row is not None and (row.state, row.worker_id) == (TaskState.RUNNING, "w-2")
+    await apply(db, done=[finished(claimed, ok=True, worker_id="w-2")])
+    history = await db.attempts(task.id)
+    assert [(a.attempt, a.worker_id, a.outcome) for a in history] == [
+        (1, "w-1", "evicted"), (1, "w-2", "succeeded")]
+    assert history[0].reason == eviction.reason and history[0].started_at is not None
+    # An eviction of an attempt that is over, or another worker's, changes nothing.
+    await report(evicted=[eviction])
+    assert len(await db.attempts(task.id)) == 2

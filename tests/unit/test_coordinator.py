@@ -58,6 +58,7 @@ class Region:
     coordinator: Coordinator
     streams: dict[str, FakeStream] = field(default_factory=dict)
     handed_back: list[tuple[list[str], str]] = field(default_factory=list)
+    evicted: list[tuple[str, list[str], str]] = field(default_factory=list)
     capacity_changes: int = 0
 
     def worker(self, worker_id: str, capacity: int) -> WorkerConn:
@@ -81,8 +82,12 @@ def make_region(queue_factor: float = 1.0, lease: Lease | None = None) -> Region
     def hand_back(tasks: list[pb.TaskSpec], reason: str) -> None:
         region.handed_back.append((ids(tasks), reason))
 
+    def evicted(worker_id: str, tasks: list[pb.TaskSpec], reason: str) -> None:
+        region.evicted.append((worker_id, ids(tasks), reason))
+
     region = Region(Coordinator(name="r", queue_factor=queue_factor, lease=lease,
-                                on_capacity_change=capacity_changed, hand_back=hand_back))
+                                on_capacity_change=capacity_changed, hand_back=hand_back,
+                                on_evicted=evicted))
     return region
 
 
@@ -228,6 +233,15 @@ def test_leave_requeues_in_flight_tasks_at_the_front_in_order(region: Region):
     assert set(w2.inflight) == {TaskRef("task-0", 1), TaskRef("task-2", 1), TaskRef("task-4", 1)}
     assert region.coordinator.queued == 2
     assert region.handed_back == []
+    # The master hears of each attempt that lost its worker.
+    assert region.evicted == [("w1", ["task-0", "task-2", "task-4"],
+                               "worker w1 left: stream closed")]
+
+
+def test_a_worker_that_leaves_with_nothing_in_flight_evicts_nothing(region: Region):
+    region.join("w1", 2)
+    region.coordinator.leave("w1", "gone")
+    assert region.evicted == []
 
 
 def test_leave_sends_orphans_to_the_remaining_worker_at_once(region: Region):

@@ -159,7 +159,7 @@ async def test_shell_timeout_kills_the_process_group(
     with caplog.at_level(logging.INFO, logger="strata.worker.runner"):
         outcome = await runner.run("shell", shell(command), 0.5)
     assert outcome == Outcome(ok=False, exit_code=None, output="", error="timed out after 0.5s",
-                              killed_processes=3)
+                              killed_processes=3, timed_out=True)
     assert [getattr(r, "action", None) for r in caplog.records] == [
         "process_group_killed", "task_timed_out"]
     await wait_until_exited(int(pid_file.read_text()))
@@ -235,7 +235,8 @@ async def test_http_connection_refused(runner: Runner) -> None:
 
 async def test_http_timeout(runner: Runner, server: str) -> None:
     outcome = await runner.run("http", json.dumps({"url": f"{server}/hang"}), 0.3)
-    assert outcome == Outcome(ok=False, exit_code=None, output="", error="timed out after 0.3s")
+    assert outcome == Outcome(ok=False, exit_code=None, output="", error="timed out after 0.3s",
+                              timed_out=True)
 
 
 async def test_close_is_idempotent(runner: Runner, server: str) -> None:
