@@ -33,6 +33,9 @@ RECLAIMER_LOCK_ID = 0x5157A7A1
 # (one more write each, when the scanner promotes them this long before they are due).
 # Longer, fewer tasks pay that write; shorter, claims walk past fewer tasks not yet due.
 CLAIM_HORIZON = timedelta(minutes=1)
+# The sessions that read due work and list tasks: see Database.connect.
+INDEX_ORDER_SETTINGS = {"enable_seqscan": "off", "enable_bitmapscan": "off",
+                        "enable_sort": "off"}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -220,12 +223,14 @@ class Database:
         try:
             main = await pool(pool_size)
             try:
-                # Reads whose best plan depends on how much there is (the scanner's
-                # reads of due work, listings) are planned for each call. A prepared
-                # statement's cached generic plan is made once, for the table as it was
-                # (nearly empty, at start-up): a backlog would then be sorted whole by
-                # every claim. The other statements find rows by key, and keep theirs.
-                planned = await pool(3, plan_cache_mode="force_custom_plan")
+                # Reads of due work and listings walk a partial index in its order, and
+                # must whatever the table holds. A prepared statement's cached plan is
+                # made once, for the table as it was (nearly empty, at start-up): a
+                # sort or a scan of the table is as cheap as the index then, and with
+                # a backlog every claim would sort it whole. On these sessions the
+                # planner takes the index wherever there is one, so the cached plan
+                # holds at any size and costs no planning per call.
+                planned = await pool(3, **INDEX_ORDER_SETTINGS)
             except BaseException:
                 await main.close()
                 raise

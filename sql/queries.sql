@@ -117,12 +117,16 @@ WHERE t.id = ANY (ARRAY (
 -- When the next near task not yet due, unpinned or pinned to one of the live regions $1,
 -- will be (those already due wait for room, not for a time; those further off are
 -- promoted at the scanner's ticks, well ahead of time).
+-- In run_at order, so that only the run_at indexes serve: an aggregate could read the
+-- whole claim index instead.
 SELECT least(
-    (SELECT min(run_at) FROM tasks
-     WHERE state = 'pending' AND near AND region IS NULL AND run_at > now()),
-    (SELECT min(run_at) FROM tasks
+    (SELECT run_at FROM tasks
+     WHERE state = 'pending' AND near AND region IS NULL AND run_at > now()
+     ORDER BY run_at LIMIT 1),
+    (SELECT run_at FROM tasks
      WHERE state = 'pending' AND near AND region IS NOT NULL AND region = ANY ($1::text[])
-       AND run_at > now()));
+       AND run_at > now()
+     ORDER BY run_at LIMIT 1));
 
 -- name: region_room
 -- Live regions and how many more tasks each will take: what it advertised it holds at
