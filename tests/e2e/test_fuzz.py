@@ -34,7 +34,8 @@ json_values = st.recursive(
     max_leaves=12)
 
 TASK_FIELDS = ["kind", "command", "run_at", "priority", "region", "max_attempts", "timeout_s",
-               "url", "method", "headers", "body", "handler", "args", "seconds"]
+               "url", "method", "headers", "body", "handler", "args", "seconds",
+               "idempotency_key"]
 task_bodies = st.fixed_dictionaries(
     {"kind": st.sampled_from(["shell", "http", "python", "noop", "sleep"]) | text},
     optional={name: json_values for name in TASK_FIELDS[1:]},
@@ -43,7 +44,8 @@ task_bodies = st.fixed_dictionaries(
 nearly = st.one_of(
     st.fixed_dictionaries({"kind": st.just("noop")}, optional={
         "priority": st.integers(-(2**33), 2**33), "max_attempts": st.integers(-5, 200),
-        "timeout_s": st.floats(), "run_at": text | st.datetimes().map(str)}),
+        "timeout_s": st.floats(), "run_at": text | st.datetimes().map(str),
+        "idempotency_key": st.sampled_from(["k1", "k2", "k3"]) | text}),
     st.fixed_dictionaries({"kind": st.just("shell"), "command": text}),
     st.fixed_dictionaries({"kind": st.just("python"), "handler": text,
                            "args": st.lists(json_values, max_size=3)}),
@@ -58,7 +60,8 @@ bodies = st.one_of(
 ROUTES = [
     ("POST", "/v1/tasks"), ("POST", "/v1/tasks/batch"), ("GET", "/v1/tasks"),
     ("GET", "/v1/tasks/{id}"), ("POST", "/v1/tasks/{id}/cancel"),
-    ("POST", "/v1/tasks/{id}/retry"), ("GET", "/v1/stats"), ("GET", "/v1/regions"),
+    ("POST", "/v1/tasks/{id}/retry"), ("GET", "/v1/tasks/{id}/attempts"),
+    ("GET", "/v1/stats"), ("GET", "/v1/regions"),
     ("DELETE", "/v1/regions/{id}"), ("GET", "/v1/workers"), ("POST", "/schedule"),
     ("GET", "/status"), ("GET", "/healthz"), ("GET", "/readyz"),
 ]
@@ -118,7 +121,8 @@ def _fuzz(host: str, port: int) -> tuple[dict[int, int], int]:
             assert set(error) == {"code", "message"} and error["message"], raw[:300]
         elif method == "POST" and status == 201:
             body: dict[str, Any] = json.loads(raw)
-            created += len(body["ids"]) if "ids" in body else 1
+            # A batch's items whose idempotency key was taken made nothing new.
+            created += body["existed"].count(False) if "ids" in body else 1
         elif method == "POST" and path.startswith("/schedule"):
             created += 1
 
