@@ -20,6 +20,7 @@ import asyncpg
 import psutil
 
 from bench.postgres import throwaway_postgres
+from strata.common.client import Client
 from strata.local.cluster import Cluster, wait_until
 from strata.local.postgres import EmbeddedPostgres
 
@@ -53,7 +54,11 @@ async def drain_time(db_url: str, total: int, due: datetime) -> tuple[float, flo
         await wait_until(done, timeout_s=600, what="backlog drained")
         succeeded = await conn.fetchval(
             "SELECT count(*) FROM tasks WHERE state = 'succeeded' AND run_at = $1", due)
-        assert succeeded == total, f"{succeeded} of {total} succeeded"
+        if succeeded != total:
+            states = await conn.fetch("SELECT state, run_at = $1 AS backlog, count(*) FROM tasks "
+                                      "GROUP BY 1, 2", due)
+            raise AssertionError(f"{succeeded} of {total} succeeded: "
+                                 + ", ".join(f"{tuple(r)}" for r in states))
         last = await conn.fetchval("SELECT max(finished_at) FROM tasks WHERE run_at = $1", due)
         first = await conn.fetchval("SELECT min(picked_at) FROM tasks WHERE run_at = $1", due)
     finally:
@@ -100,6 +105,24 @@ def _cpu(cluster: Cluster, pg: EmbeddedPostgres) -> dict[str, float]:
     return out
 
 
+WATCHED = [0]
+
+
+async def watch(cluster: Cluster) -> None:
+    """A subscriber to every change, as a dashboard left open would be."""
+    async with cluster.client() as c, contextlib.aclosing(c.events()) as stream:
+        async for message in stream:
+            if message.event == "task":
+                WATCHED[0] += 1
+            elif message.event == "dropped":
+                print(f"the watcher was dropped: {message.data['reason']}")
+
+
+async def _subscribed(c: Client) -> bool:
+    text = await c._session.get(f"{c.base_url}/metrics")
+    return "strata_event_subscribers 1.0" in await text.text()
+
+
 async def main(args: argparse.Namespace) -> None:
     async with throwaway_postgres("strata-bench-", fast=not args.durable) as (home, pg):
         conn = await asyncpg.connect(pg.url)
@@ -119,6 +142,10 @@ async def main(args: argparse.Namespace) -> None:
             print(f"cluster: 1 master, 2 regions x 2 workers, concurrency {args.concurrency}"
                   f" per worker, PostgreSQL {'durable' if args.durable else 'fsync off'}")
 
+            watcher = asyncio.create_task(watch(cluster)) if args.watch else None
+            if watcher is not None:
+                async with cluster.client() as c:
+                    await wait_until(lambda: _subscribed(c), what="the watcher subscribed")
             # Latency first, on an idle cluster with an empty table.
             lat = await latency(cluster, url, args.rate, args.seconds)
             print(f"latency due->started at {args.rate:.0f} tasks/s for {args.seconds:.0f}s: "
@@ -142,6 +169,11 @@ async def main(args: argparse.Namespace) -> None:
             print("CPU seconds during the drain: " + ", ".join(
                 f"{k} {v:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1])))
             print(f"mean latency {statistics.mean(lat):.1f} ms")
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                print(f"events seen by the watcher: {WATCHED[0]:,}")
         finally:
             cluster.stop()
 
@@ -154,4 +186,6 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--lead", type=float, default=20, help="seconds until the backlog is due")
     p.add_argument("--durable", action="store_true", help="fsync on (production settings)")
+    p.add_argument("--watch", action="store_true",
+                   help="a client follows every change on /v1/events throughout")
     asyncio.run(main(p.parse_args()))

@@ -3,8 +3,9 @@ workers.
 
 Measured on an empty table (but for one page of pending tasks), then again with:
 - 1,000,000 finished tasks and 100,000 tasks due in an hour (at priority 1, above the
-  due tasks measured): GET /v1/stats and GET /v1/tasks?state=pending&limit=50 (median
-  of 50 calls each) and due -> started latency of priority-0 tasks;
+  due tasks measured): GET /v1/stats, GET /v1/tasks?state=pending&limit=50 and a
+  Prometheus scrape of GET /metrics (median of 50 calls each) and due -> started
+  latency of priority-0 tasks;
 - 50,000, then 1,000,000 tasks pinned to a region that is down: due -> started latency
   of unrelated, unpinned tasks.
 
@@ -46,9 +47,11 @@ async def get_ms(api: str, path: str) -> float:
 async def figures(cluster: Cluster, url: str, label: str, args: argparse.Namespace) -> None:
     stats = await get_ms(cluster.api, "/v1/stats")
     pending = await get_ms(cluster.api, f"/v1/tasks?state=pending&limit={PAGE}")
+    scrape = await get_ms(cluster.api, "/metrics")
     lat = await latency(cluster, url, args.rate, args.seconds)
     print(f"{label}: GET /v1/stats {stats:.1f} ms, GET /v1/tasks?state=pending&limit=50 "
-          f"{pending:.1f} ms, due->started p50 {_pct(lat, 0.5):.1f} ms "
+          f"{pending:.1f} ms, GET /metrics {scrape:.1f} ms, "
+          f"due->started p50 {_pct(lat, 0.5):.1f} ms "
           f"p99 {_pct(lat, 0.99):.1f} ms", flush=True)
 
 

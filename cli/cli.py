@@ -70,6 +70,14 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
                         "did not succeed)")
     commands.add_api_flag(s)
 
+    w = command("watch", "print task state changes as they happen (of the tasks named, "
+                         "or of every task)")
+    w.add_argument("task_ids", nargs="*", metavar="ID", help="only these tasks")
+    w.add_argument("--state", help="only changes into this state")
+    w.add_argument("--region", help="only changes of tasks in this region")
+    w.add_argument("--json", action="store_true", help="one JSON object a line")
+    commands.add_api_flag(w)
+
     st = command("status", "show a task as JSON")
     st.add_argument("task_id", help="the task's id")
     commands.add_api_flag(st)
@@ -112,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 CLIENT_COMMANDS = {
     "submit": commands.submit, "status": commands.status, "list": commands.list_tasks,
     "cancel": commands.cancel, "logs": commands.logs, "retry": commands.retry,
+    "watch": commands.watch,
 }
 
 

@@ -5,6 +5,7 @@ on stderr with exit code 1, as is a master that cannot be reached."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -72,7 +73,7 @@ async def submit(client: Client, args: argparse.Namespace) -> int:
     print(task["id"], flush=True)
     if not args.wait:
         return 0
-    final = await client.wait(task["id"], timeout_s=float("inf"))
+    final = await client.follow(task["id"])
     if final["state"] == "succeeded":
         print(final["state"], flush=True)
         print_result(final, headers=True)
@@ -81,6 +82,31 @@ async def submit(client: Client, args: argparse.Namespace) -> int:
     print(final["state"] + (f": {error}" if error else ""), flush=True)
     print_result(final, headers=True)
     return 1
+
+
+async def watch(client: Client, args: argparse.Namespace) -> int:
+    """Until interrupted. A stream the master drops (this terminal fell behind) or ends
+    (it restarted) is taken up again where it stopped, and says what it missed."""
+    last: str | None = None
+    while True:
+        async with contextlib.aclosing(client.events(
+            tasks=args.task_ids, state=args.state, region=args.region, last_event_id=last,
+        )) as stream:
+            async for message in stream:
+                if message.event == "task":
+                    last = message.id
+                    print(json.dumps(message.data) if args.json else _change_line(message.data),
+                          flush=True)
+                elif message.event in ("missed", "dropped"):
+                    print(f"[{message.event}: {message.data.get('reason', '')}]",
+                          file=sys.stderr, flush=True)
+
+
+def _change_line(change: dict[str, Any]) -> str:
+    where = change["region"] or "-"
+    worker = change["worker_id"] or "-"
+    return (f"{_to_the_second(change['at'])}  {change['id']}  {change['state']:<10}  "
+            f"attempt {change['attempt']}  region {where}  worker {worker}")
 
 
 async def status(client: Client, args: argparse.Namespace) -> int:

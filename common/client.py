@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+import json
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import aiohttp
 
@@ -20,6 +24,27 @@ class ApiError(StrataError):
         super().__init__(message or f"HTTP {status} ({code})")
         self.status = status
         self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One message of ``GET /v1/events``: ``event`` is ``task`` for a state change (its
+    ``data`` the change), or ``subscribed``, ``missed``, ``dropped``, or ``comment``
+    (keep-alives, only when asked for)."""
+
+    event: str
+    data: dict[str, Any]
+    id: str | None = None
+
+
+def _raise_error(status: int, body: Any) -> NoReturn:
+    err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
+    code, message = err.get("code", "error"), err.get("message", "")
+    if status == 404:
+        raise NotFound(message)
+    if status == 400:
+        raise InvalidInput(message)
+    raise ApiError(status, code, message)
 
 
 class Client:
@@ -53,13 +78,7 @@ class Client:
                         f"{self.base_url} is not a Strata API: {method} {path} answered "
                         f"HTTP {resp.status} with a body that is not JSON") from None
                 if resp.status >= 400:
-                    err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
-                    code, message = err.get("code", "error"), err.get("message", "")
-                    if resp.status == 404:
-                        raise NotFound(message)
-                    if resp.status == 400:
-                        raise InvalidInput(message)
-                    raise ApiError(resp.status, code, message)
+                    _raise_error(resp.status, body)
                 return body
         except aiohttp.InvalidURL as exc:
             raise InvalidInput(f"not an http:// or https:// URL: {self.base_url!r}") from exc
@@ -104,6 +123,70 @@ class Client:
 
     async def workers(self) -> list[dict[str, Any]]:
         return list((await self.request("GET", "/v1/workers"))["workers"])
+
+    async def events(
+        self, *, tasks: Iterable[str] = (), state: str | None = None,
+        region: str | None = None, last_event_id: str | None = None,
+        comments: bool = False,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """The event stream, message by message, for as long as the master sends it.
+        The first message is ``subscribed``: from then on no change is missed."""
+        params = [("task", t) for t in tasks]
+        params += [(k, v) for k, v in (("state", state), ("region", region)) if v]
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        try:
+            async with self._session.get(
+                self.base_url + "/v1/events", params=params, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s),
+            ) as resp:
+                if resp.status >= 400:
+                    await self._raise_for(resp)
+                fields: dict[str, str] = {}
+                data: list[str] = []
+                async for raw in resp.content:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith(":"):
+                        if comments:
+                            yield StreamEvent("comment", {"text": line[1:].strip()})
+                        continue
+                    if line:
+                        name, _, value = line.partition(":")
+                        value = value.removeprefix(" ")
+                        if name == "data":
+                            data.append(value)
+                        else:
+                            fields[name] = value
+                        continue
+                    if data or fields:
+                        yield StreamEvent(fields.get("event", "message"),
+                                          json.loads("\n".join(data)) if data else {},
+                                          fields.get("id"))
+                    fields, data = {}, []
+        except aiohttp.ClientConnectionError as exc:
+            raise Unavailable(f"cannot reach {self.base_url}: {exc}") from exc
+
+    async def _raise_for(self, resp: aiohttp.ClientResponse) -> None:
+        try:
+            body = await resp.json(content_type=None)
+        except ValueError:
+            body = None
+        _raise_error(resp.status, body)
+
+    async def follow(self, task_id: str) -> dict[str, Any]:
+        """Wait for the task's end on the event stream, not by polling: subscribed first,
+        then read once (it may have ended already), then told when it ends. A stream that
+        breaks (dropped, the master restarting) is subscribed to again."""
+        while True:
+            async with contextlib.aclosing(self.events(tasks=[task_id])) as stream:
+                async for message in stream:
+                    if message.event in ("subscribed", "missed", "dropped"):
+                        task = await self.get(task_id)
+                        if task["state"] in TERMINAL:
+                            return task
+                        if message.event == "dropped":
+                            break
+                    elif message.event == "task" and message.data["state"] in TERMINAL:
+                        return await self.get(task_id)
 
     async def wait(self, task_id: str, *, timeout_s: float = 60.0, poll_s: float = 0.1
                    ) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class Finished:
     stderr_truncated: bool = False
     killed_processes: int = 0
     timed_out: bool = False
+    start_unreported: bool = False  # its start is known only from this result
 
     @property
     def ref(self) -> TaskRef:

@@ -11,7 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-HANDLER_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+# ASCII only, and matched whole (re.fullmatch): the same language as the pattern in the
+# JSON schema (ECMA-262, where \w is ASCII and $ is the end of the text).
+_NAME = "[A-Za-z_][A-Za-z0-9_]*"
+HANDLER_PATTERN = rf"^{_NAME}(\.{_NAME})*:{_NAME}$"
+HANDLER_RE = re.compile(HANDLER_PATTERN[1:-1])
+URL_PATTERN = "^https?://"
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -28,7 +33,8 @@ class ShellPayload(Payload):
 
 class HttpPayload(Payload):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = "GET"
-    url: str = Field(min_length=1, max_length=8192)
+    url: str = Field(min_length=1, max_length=8192,
+                     json_schema_extra={"pattern": URL_PATTERN})
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
 
@@ -41,13 +47,14 @@ class HttpPayload(Payload):
 
 
 class PythonPayload(Payload):
-    handler: str = Field(description='"module:function"')
+    handler: str = Field(description='"module:function"',
+                         json_schema_extra={"pattern": HANDLER_PATTERN})
     args: list[Any] | dict[str, Any] = Field(default_factory=list)
 
     @field_validator("handler")
     @classmethod
     def _handler_form(cls, value: str) -> str:
-        if not HANDLER_RE.match(value):
+        if not HANDLER_RE.fullmatch(value):
             raise ValueError('handler must look like "package.module:function"')
         return value
 

@@ -64,6 +64,9 @@ def _parse_when(value: Any) -> datetime:
 
 When = Annotated[datetime, BeforeValidator(_parse_when)]
 StrictFloat = Annotated[float, Strict(False), BeforeValidator(lambda v: _number(v))]
+# A JSON integer: 5, and 5.0 too (the same number in JSON, and an integer to JSON Schema),
+# but never 5.5, "5" or true.
+JsonInt = Annotated[int, BeforeValidator(lambda v: _integer(v))]
 
 
 def _number(value: Any) -> float:
@@ -73,15 +76,23 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def _integer(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value  # left to the int validation (strict: no bool, no text, no fraction)
+
+
 class TaskOptions(BaseModel):
     """The fields every kind shares."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    run_at: When | None = None
-    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
+    run_at: When | None = Field(default=None, description=(
+        "when it is due (absent: now); RFC 3339, an instant from 0001-01-01T00:00:00Z to "
+        "9999-12-31T23:59:59.999999Z"))
+    priority: JsonInt = Field(default=0, ge=-(2**31), le=2**31 - 1)
     region: str | None = Field(default=None, pattern=REGION_NAME_PATTERN)
-    max_attempts: int = Field(default=1, ge=1, le=100)
+    max_attempts: JsonInt = Field(default=1, ge=1, le=100)
     timeout_s: StrictFloat = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=7 * 86400)
     # A create that names a key already taken returns that task instead of a new one.
     idempotency_key: str | None = Field(default=None, min_length=1,
@@ -162,6 +173,9 @@ def parse_new_task(body: Any, *, now: datetime | None = None) -> NewTask:
 def parse_batch(body: Any) -> list[NewTask]:
     if not isinstance(body, Mapping) or not isinstance(body.get("tasks"), list):
         raise InvalidInput('a batch must be a JSON object {"tasks": [...]}')
+    unknown = sorted(str(k) for k in body if k != "tasks")
+    if unknown:  # as anywhere else: a misspelt field is refused, never ignored
+        raise InvalidInput(f"unknown fields: {', '.join(unknown)}; a batch has only tasks")
     items = body["tasks"]
     if not items:
         raise InvalidInput("tasks: must hold at least one task")
@@ -251,7 +265,9 @@ class Task(BaseModel):
             payload=payload,
             state=TaskState(row["state"]),
             priority=row["priority"],
-            run_at=row["run_at"],
+            # A run_at of 0001-01-01T00:00:00Z (9999-12-31T23:59:59.999999Z) is stored as
+            # -infinity (infinity), which asyncpg reads back naive.
+            run_at=as_utc(row["run_at"]),
             region=row["region"],
             assigned_region=row["assigned_region"],
             worker_id=row["worker_id"],

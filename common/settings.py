@@ -81,6 +81,16 @@ class MasterSettings(_Base):
         description="seconds before the first retry of a failed attempt (doubles each time)")
     retry_backoff_max: Seconds = Field(default=timedelta(minutes=5),
                                        description="longest wait before a retry, seconds")
+    # A batch of ten thousand tasks is ten thousand events at once: room for a few.
+    events_buffer: int = Field(
+        default=50_000, ge=1, le=1_000_000,
+        description="events a /v1/events subscriber may fall behind before it is dropped")
+    events_window: int = Field(
+        default=50_000, ge=1, le=1_000_000,
+        description="recent events kept so a /v1/events client can resume (Last-Event-ID)")
+    events_keepalive: Seconds = Field(
+        default=timedelta(seconds=15),
+        description="seconds between keep-alive comments on /v1/events")
 
 
 class RegionalSettings(_Base):
@@ -89,6 +99,10 @@ class RegionalSettings(_Base):
                         description="HOST:PORT of the master's gRPC server")
     grpc_host: str = Field(default="127.0.0.1", description="address the gRPC server listens on")
     grpc_port: int = Field(default=50061, description="gRPC port (master and workers dial it)")
+    http_host: str = Field(default="127.0.0.1",
+                           description="address /healthz and /metrics listen on")
+    http_port: int = Field(default=0, ge=0, le=65535,
+                           description="/healthz and /metrics port (0: any free one)")
     advertise: str | None = Field(
         default=None, description="HOST:PORT the master should dial (default: where it listens)")
     worker_dead_after: Seconds = Field(

@@ -136,7 +136,8 @@ def _validate(topology: Topology, proxies: _Proxies) -> None:
                "letters, digits and '-'")
     # The chaos proxies listen in one container, beside toxiproxy's API.
     ports = {topology.master.http_port, topology.master.grpc_port,
-             *(r.grpc_port for r in topology.regions)}
+             *(r.grpc_port for r in topology.regions),
+             *(r.http_port for r in topology.regions if r.http_port is not None)}
     _check(TOXIPROXY_API_PORT not in ports,
            f"port {TOXIPROXY_API_PORT} is toxiproxy's API port in the compose deployment")
     listen = {int(p["listen"].rsplit(":", 1)[1]) for p in proxies.config()}
@@ -187,6 +188,8 @@ def _region(topology: Topology, region: RegionSpec, proxies: _Proxies) -> dict[s
             "STRATA_GRPC_HOST": "0.0.0.0", "STRATA_GRPC_PORT": str(region.grpc_port),
             "STRATA_MASTER": proxies.to_master(region),
             "STRATA_ADVERTISE": proxies.from_master(region),
+            **({"STRATA_HTTP_HOST": "0.0.0.0", "STRATA_HTTP_PORT": str(region.http_port)}
+               if region.http_port is not None else {}),
         }),
         "depends_on": _healthy("master"),
         "healthcheck": _port_check(region.grpc_port),

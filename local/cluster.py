@@ -49,6 +49,7 @@ class Cluster:
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     region_ports: dict[str, int] = field(default_factory=dict)
+    region_http_ports: dict[str, int] = field(default_factory=dict)
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
 
@@ -100,9 +101,11 @@ class Cluster:
 
     async def start_region(self, name: str, **env: str) -> None:
         port = self.region_ports.setdefault(name, free_port())
+        http_port = self.region_http_ports.setdefault(name, free_port())
         self._spawn(name, launcher.regional_argv(name=name, master=self.master_address(name),
                                                  grpc_port=port,
-                                                 advertise=self.advertised_address(name)), env)
+                                                 advertise=self.advertised_address(name),
+                                                 http_port=http_port), env)
         async with self.client() as c:
             await wait_until(lambda: _region_up(c, name), timeout_s=READY_TIMEOUT_S,
                              what=f"region {name} up")

@@ -30,12 +30,13 @@ def master_argv(*, http_port: int, grpc_port: int) -> list[str]:
     return command("master", "--http-port", str(http_port), "--grpc-port", str(grpc_port))
 
 
-def regional_argv(*, name: str, master: str, grpc_port: int, advertise: str | None = None
-             ) -> list[str]:
+def regional_argv(*, name: str, master: str, grpc_port: int, advertise: str | None = None,
+                  http_port: int = 0) -> list[str]:
     """A regional coordinator that dials the master at ``master`` (HOST:PORT) and is
-    dialled back at ``advertise`` (default: where it listens)."""
+    dialled back at ``advertise`` (default: where it listens); /healthz and /metrics on
+    ``http_port`` (0: any free one)."""
     argv = command("regional", "--name", name, "--master", master,
-                   "--grpc-port", str(grpc_port))
+                   "--grpc-port", str(grpc_port), "--http-port", str(http_port))
     if advertise is not None:
         argv += ["--advertise", advertise]
     return argv

@@ -43,7 +43,8 @@ def plan(topology: Topology, database_url: str) -> list[Proc]:
             Proc(
                 name=region.name, tier=1, env=env,
                 argv=launcher.regional_argv(name=region.name, master=master_address,
-                                            grpc_port=region.grpc_port),
+                                            grpc_port=region.grpc_port,
+                                            http_port=region.http_port or 0),
             )
         )
         for index in range(1, region.workers + 1):
@@ -105,6 +106,8 @@ def listening_ports(topology: Topology) -> list[Port]:
              Port(number=topology.master.grpc_port, what="the master's gRPC port")]
     found += [Port(number=r.grpc_port, what=f"region {r.name}'s gRPC port")
               for r in topology.regions]
+    found += [Port(number=r.http_port, what=f"region {r.name}'s HTTP port")
+              for r in topology.regions if r.http_port is not None]
     return found
 
 

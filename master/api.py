@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+from aiohttp_sse import EventSourceResponse
 from multidict import MultiMapping
 
+from strata.common.api_models import MAX_UNIX_S, MIN_UNIX_S
 from strata.common.errors import (
     Conflict,
     InvalidInput,
@@ -29,6 +34,7 @@ from strata.common.models import TaskState, parse_batch, parse_new_task
 from strata.common.text import MAX_DEPTH, refuse_unstorable
 from strata.common.timeutil import as_utc, rfc3339, utcnow
 from strata.master.control import Control
+from strata.master.stream import Dropped, EventHub, Filter, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,13 @@ MAX_BODY = 1024 * 1024
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 LIST_PARAMETERS = ("state", "region", "kind", "order", "limit", "cursor")
+# The dashboard's static files, shipped in the package (served at / and /ui/).
+DASHBOARD = Path(__file__).with_name("dashboard")
+DASHBOARD_FILES = frozenset(
+    p.name for p in (DASHBOARD.iterdir() if DASHBOARD.is_dir() else ()) if p.is_file())
+# A subscriber whose socket takes no bytes for this long is cut off.
+SEND_TIMEOUT_S = 30.0
+STREAM_SEND_BUFFER = 128 * 1024
 
 _STATUS = {
     InvalidInput: 400,
@@ -93,9 +106,11 @@ async def _json_body(request: web.Request) -> Any:
     return body
 
 
-def _query(request: web.Request, *allowed: str) -> MultiMapping[str]:
+def _query(request: web.Request, *allowed: str, repeatable: tuple[str, ...] = ()
+           ) -> MultiMapping[str]:
     """The query string, refusing a parameter the endpoint does not know (a typo would
-    otherwise be a silently ignored filter) or one given twice."""
+    otherwise be a silently ignored filter) or one given twice (but for those
+    ``repeatable``)."""
     query = request.query
     unknown = sorted(set(query) - set(allowed))
     if unknown:
@@ -103,13 +118,21 @@ def _query(request: web.Request, *allowed: str) -> MultiMapping[str]:
         raise InvalidInput(
             f"unknown query parameter {', '.join(map(repr, unknown))}; this endpoint takes: "
             f"{takes}")
-    repeated = sorted(k for k in set(query) if len(query.getall(k)) > 1)
+    repeated = sorted(k for k in set(query) - set(repeatable) if len(query.getall(k)) > 1)
     if repeated:
         raise InvalidInput(f"query parameter given more than once: {', '.join(repeated)}")
     for key, value in query.items():
         refuse_unstorable(value, key)
     refuse_unstorable(dict(request.match_info), "path")
     return query
+
+
+def _cap_send_buffer(request: web.Request) -> None:
+    """An event stream's bytes in flight are bounded by the kernel's send buffer before
+    its subscriber counts as behind: a fixed one, not one autotuned up to megabytes."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
 
 
 def _task_id(text: str) -> uuid.UUID:
@@ -140,6 +163,10 @@ def _parse_scheduled_at(value: Any) -> datetime:
     if isinstance(value, bool):
         raise InvalidInput("scheduled_at: must be RFC 3339 text or unix seconds")
     if isinstance(value, int | float):
+        # The documented range, exactly (fromtimestamp rounds to microseconds past it).
+        if not MIN_UNIX_S <= value <= MAX_UNIX_S:
+            raise InvalidInput(f"scheduled_at: out of range: unix seconds from {MIN_UNIX_S} "
+                               f"to {MAX_UNIX_S}")
         try:
             return datetime.fromtimestamp(value, UTC)
         except (OverflowError, OSError, ValueError):
@@ -191,28 +218,50 @@ class ApiRunner(web.AppRunner):
 
 
 class Api:
-    def __init__(self, control: Control) -> None:
+    def __init__(self, control: Control, events: EventHub | None = None, *,
+                 keepalive_s: float = 15.0) -> None:
         self._control = control
+        self._events = events
+        self._keepalive_s = keepalive_s
+        self._openapi: bytes | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
         app.router.add_post("/v1/tasks", self.create_task)
         app.router.add_get("/v1/tasks", self.list_tasks)
         app.router.add_post("/v1/tasks/batch", self.create_batch)
-        app.router.add_get("/v1/tasks/{id}", self.get_task)
+        # Not "batch": GET /v1/tasks/batch is a 405 (Allow: POST), not a task id.
+        app.router.add_get(r"/v1/tasks/{id:(?!batch$)[^{}/]+}", self.get_task)
         app.router.add_post("/v1/tasks/{id}/cancel", self.cancel_task)
         app.router.add_post("/v1/tasks/{id}/retry", self.retry_task)
         app.router.add_get("/v1/tasks/{id}/attempts", self.task_attempts)
+        app.router.add_get("/v1/events", self.events)
         app.router.add_get("/v1/stats", self.stats)
         app.router.add_get("/v1/regions", self.regions)
         app.router.add_delete("/v1/regions/{name}", self.delete_region)
         app.router.add_get("/v1/workers", self.workers)
+        app.router.add_get("/v1/openapi.json", self.openapi)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_post("/schedule", self.schedule)
         app.router.add_get("/status", self.status)
         app.router.add_get("/status/", self.status)
+        # The dashboard, outside the API: its page and the files it loads.
+        app.router.add_get("/", self.dashboard)
+        app.router.add_get("/ui/{name}", self.dashboard_file)
         return app
+
+    # ---- the dashboard ----------------------------------------------------------
+
+    async def dashboard(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def dashboard_file(self, request: web.Request) -> web.FileResponse:
+        name = request.match_info["name"]
+        if name not in DASHBOARD_FILES:
+            raise NotFound(f"no dashboard file {name}")
+        return web.FileResponse(DASHBOARD / name, headers={"Cache-Control": "no-cache"})
 
     # ---- /v1 ----------------------------------------------------------------
 
@@ -284,6 +333,67 @@ class Api:
             {"tasks": [t.to_json() for t in tasks], "next_cursor": next_cursor}
         )
 
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events: one ``task`` event per state change that matches the
+        filter, from every master. ``missed`` says events were lost before the first one
+        sent (the Last-Event-ID is older than the window); ``dropped`` that the client fell
+        too far behind, and the stream ends."""
+        query = _query(request, "task", "state", "region", repeatable=("task",))
+        tasks = frozenset(str(_task_id(t)) for t in query.getall("task", []))
+        state = query.get("state") or None
+        if state is not None and state not in TaskState.__members__.values():
+            raise InvalidInput(
+                f"state: unknown state {state!r}; expected one of "
+                + ", ".join(s.value for s in TaskState))
+        if self._events is None:
+            raise Unavailable("this master serves no event stream", retry_after_s=60.0)
+        last = request.headers.get("Last-Event-ID") or None
+        sub = await self._events.subscribe(
+            Filter(tasks=tasks, state=state, region=query.get("region") or None), last)
+        try:
+            response = EventSourceResponse(ping_interval=self._keepalive_s,
+                                           send_timeout=SEND_TIMEOUT_S)
+            response.force_close()  # a connection that streamed is never used again
+            await response.prepare(request)
+            _cap_send_buffer(request)
+            closed = asyncio.ensure_future(response.wait())
+            try:
+                await self._stream(response, sub, last, closed)
+            except (ConnectionResetError, TimeoutError):
+                # Gone, or took nothing for SEND_TIMEOUT_S: no polite close for a peer
+                # that does not read.
+                if request.transport is not None:
+                    request.transport.abort()
+            finally:
+                closed.cancel()
+        finally:
+            self._events.unsubscribe(sub)
+        return response
+
+    async def _stream(self, response: EventSourceResponse, sub: Subscription,
+                      last: str | None, closed: asyncio.Future[None]) -> None:
+        # The first bytes go out at once: a client knows it is subscribed.
+        await response.send(json.dumps({"resumed_after": last}), event="subscribed")
+        if sub.missed:
+            await response.send(json.dumps({
+                "reason": f"events after {last} are no longer kept: some were missed",
+            }), event="missed")
+        while not closed.done():
+            waiting = asyncio.ensure_future(sub.next())
+            await asyncio.wait((waiting, closed), return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                waiting.cancel()
+                return
+            try:
+                batch = waiting.result()
+            except Dropped as exc:
+                await response.send(json.dumps({"reason": str(exc)}), event="dropped")
+                return
+            # One write for everything waiting: a burst of a thousand changes costs one
+            # send, not a thousand.
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await response.write(b"".join(event.wire for event in batch))
+
     async def cancel_task(self, request: web.Request) -> web.Response:
         _query(request)
         task = await self._control.cancel(_task_id(request.match_info["id"]))
@@ -310,6 +420,21 @@ class Api:
     async def workers(self, request: web.Request) -> web.Response:
         _query(request)
         return web.json_response({"workers": await self._control.workers()})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        _query(request)
+        # Imported here: the document is built from this module's limits.
+        from strata.master.openapi import document
+
+        if self._openapi is None:  # the same bytes every time: built once
+            self._openapi = json.dumps(document()).encode()
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        _query(request)
+        if self._events is not None:
+            self._control.metrics.event_subscribers.set(self._events.subscribers)
+        return await self._control.render_metrics()
 
     async def healthz(self, request: web.Request) -> web.Response:
         _query(request)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 
 from aiohttp import web
 
@@ -14,10 +17,12 @@ from strata.common.supervise import TaskSet, first_of, stop_on_signals
 from strata.master.api import Api, ApiRunner
 from strata.master.control import Control
 from strata.master.db import Database, wait_for_database
+from strata.master.metrics import MasterMetrics
 from strata.master.reclaimer import Reclaimer
 from strata.master.regions import RegionClients
 from strata.master.scanner import Scanner
 from strata.master.service import MasterService
+from strata.master.stream import EventHub
 from strata.proto import strata_pb2_grpc as rpc
 
 logger = logging.getLogger(__name__)
@@ -52,16 +57,21 @@ async def serve(settings: MasterSettings, stop: asyncio.Event | None = None) -> 
         failure_threshold=settings.breaker_failures,
         reset_timeout_s=settings.breaker_reset.total_seconds(),
     )
-    scanner = Scanner(db, regions, settings)
-    reclaimer = Reclaimer(db, settings, on_reclaimed=scanner.wake)
-    service = MasterService(db, settings, scanner.wake)
+    metrics = MasterMetrics()
+    scanner = Scanner(db, regions, settings, metrics)
+    reclaimer = Reclaimer(db, settings, on_reclaimed=scanner.wake, metrics=metrics)
+    service = MasterService(db, settings, scanner.wake, metrics)
 
     server = channels.server()
     rpc.add_MasterServicer_to_server(service, server)
     server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()
 
-    runner = ApiRunner(Api(Control(db, regions, settings)).app(), access_log=None)
+    events = EventHub(db, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+                      window=settings.events_window, buffer=settings.events_buffer)
+    api = Api(Control(db, regions, settings, metrics), events,
+              keepalive_s=settings.events_keepalive.total_seconds())
+    runner = ApiRunner(api.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
@@ -69,6 +79,7 @@ async def serve(settings: MasterSettings, stop: asyncio.Event | None = None) -> 
     tasks = TaskSet()
     tasks.spawn("scanner", scanner.run())
     tasks.spawn("reclaimer", reclaimer.run())
+    tasks.spawn("events", events.run())
     logger.info(
         "master ready: http://%s:%d grpc %s:%d", settings.http_host, settings.http_port,
         settings.grpc_host, settings.grpc_port,
@@ -78,6 +89,8 @@ async def serve(settings: MasterSettings, stop: asyncio.Event | None = None) -> 
         await first_of(stop, tasks.failed)
     finally:
         # Intake first (no new REST or gRPC calls), then the scanner, then connections.
+        # Event streams end first: they would hold the REST server open.
+        events.close("the master is stopping")
         await runner.cleanup()
         await server.stop(GRPC_GRACE_S)
         await tasks.cancel_all()

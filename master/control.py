@@ -9,12 +9,15 @@ from datetime import datetime
 from typing import Any
 
 import grpc
+from aiohttp import web
 
 from strata.common.errors import Conflict, InvalidInput, NotFound
+from strata.common.metrics import response, set_breakers
 from strata.common.models import NewTask, Task, TaskState
 from strata.common.settings import MasterSettings
 from strata.common.timeutil import from_unix, rfc3339, utcnow
 from strata.master.db import Attempt, Database, Inserted
+from strata.master.metrics import MasterMetrics
 from strata.master.regions import RegionClients
 from strata.proto import strata_pb2 as pb
 
@@ -24,10 +27,12 @@ CANCEL_TIMEOUT_S = 2.0
 
 
 class Control:
-    def __init__(self, db: Database, regions: RegionClients, settings: MasterSettings) -> None:
+    def __init__(self, db: Database, regions: RegionClients, settings: MasterSettings,
+                 metrics: MasterMetrics | None = None) -> None:
         self._db = db
         self._regions = regions
         self._settings = settings
+        self.metrics = metrics or MasterMetrics()
 
     async def create(self, tasks: Sequence[NewTask]) -> Inserted:
         """The one way tasks are created (single, batch, /schedule, retry): one INSERT
@@ -46,7 +51,9 @@ class Control:
         # Returns their created_at, the one value the database chose: a caller that
         # answers with whole tasks builds them with Task.created (a batch of ten
         # thousand answers with ids alone).
-        return await self._db.insert_tasks(tasks)
+        inserted = await self._db.insert_tasks(tasks)
+        self.metrics.created.inc(len(tasks) - len(inserted.existing))
+        return inserted
 
     async def create_one(self, task: NewTask) -> tuple[Task, bool]:
         """The task, and whether it is new (False: its idempotency key was taken)."""
@@ -143,6 +150,7 @@ class Control:
             raise NotFound(f"no task {task_id}")
         if not outcome.cancelled:
             raise Conflict(f"task {task_id} is already {outcome.previous_state}")
+        self.metrics.finished.labels("cancelled").inc()
         if outcome.previous_state in (TaskState.DISPATCHED, TaskState.RUNNING):
             await self._stop_in_region(task_id, outcome.assigned_region, outcome.attempt)
         return await self.get(task_id)
@@ -178,10 +186,31 @@ class Control:
         counts = {s.value: 0 for s in TaskState}
         counts.update(await self._db.counts_by_state())
         regions = await self._db.list_regions(self._settings.region_dead_after)
+        oldest = await self._db.oldest_due()
         return {
             "counts": counts,
             "stale_results": sum(r.stale_results for r in regions),
+            # How long the task that has waited longest since it came due has waited.
+            "oldest_due_s": (utcnow() - oldest).total_seconds() if oldest else None,
+            # Of what this master applied.
+            "recent": self.metrics.recent.snapshot(),
         }
+
+    async def render_metrics(self) -> web.Response:
+        """``/metrics``: counters as this master applied them; gauges of the cluster, read
+        from what the database keeps counted (never the tasks table)."""
+        m = self.metrics
+        counts = {s.value: 0 for s in TaskState}
+        counts.update(await self._db.counts_by_state())
+        for state, n in counts.items():
+            m.tasks.labels(state).set(n)
+        for r in await self._db.list_regions(self._settings.region_dead_after):
+            m.region_up.labels(r.name).set(1 if r.live else 0)
+            m.region_capacity.labels(r.name).set(r.capacity)
+            m.region_queued.labels(r.name).set(r.queued)
+            m.region_running.labels(r.name).set(r.running)
+        set_breakers(m.breaker_open, self._regions.breakers())
+        return response(m.registry)
 
     async def regions(self) -> list[dict[str, Any]]:
         return [

@@ -10,7 +10,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
@@ -22,10 +22,12 @@ from strata.common.events import Report, TaskRef
 from strata.common.models import NewTask, Task
 from strata.common.retry import Backoff, keep_trying, of_type
 from strata.common.status import RegionStatus, WorkerInfo
+from strata.common.timeutil import as_utc
 
 logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "strata_tasks"
+EVENT_CHANNEL = "strata_events"  # task events: see migration 0008
 # Any constant works; it only has to be the same in every master.
 MIGRATION_LOCK_ID = 0x5157A7A0
 RECLAIMER_LOCK_ID = 0x5157A7A1
@@ -72,6 +74,32 @@ def _migrations() -> list[tuple[int, str, str]]:
 
 
 Q = _load_queries()
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """An applied start, with what the hop histograms read."""
+
+    started_at: datetime
+    claimed_at: datetime | None
+    run_at: datetime
+    lost_at: datetime | None  # its last attempt was lost with its region or worker
+
+
+@dataclass(slots=True)
+class Applied:
+    """What a report changed."""
+
+    stale: list[TaskRef] = field(default_factory=list)
+    starts: list[Start] = field(default_factory=list)
+    finished: dict[str, int] = field(default_factory=dict)  # by the state each was left in
+    evicted: int = 0
+    returned: int = 0
+
+
+def _rows(status: str) -> int:
+    """The row count of a command status (``INSERT 0 5``, ``SELECT 5``)."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -282,6 +310,26 @@ class Database:
             yield listener
 
     @asynccontextmanager
+    async def listen_events(
+        self, callback: Callable[[Any, int, str, object], None]
+    ) -> AsyncIterator[Callable[[], bool]]:
+        """Hold a connection LISTENing on the event channel; yields a check that is False
+        once that connection is lost."""
+        async with self._held_connection() as conn:
+            await conn.add_listener(EVENT_CHANNEL, callback)
+            yield lambda: not conn.is_closed()
+
+    @_wrap
+    async def register_event_listener(self, master: str, ttl_s: float) -> None:
+        """Publish task events for the next ``ttl_s`` seconds: this master has
+        subscribers."""
+        await self._pool.execute(Q["register_event_listener"], master, ttl_s)
+
+    @_wrap
+    async def unregister_event_listener(self, master: str) -> None:
+        await self._pool.execute("DELETE FROM event_listeners WHERE master = $1", master)
+
+    @asynccontextmanager
     async def singleton(self, lock_id: int) -> AsyncIterator[Callable[[], bool] | None]:
         """Try to become the one holder of an advisory lock (a singleton duty among
         masters). Yields None if another holds it, else a check that is False once the
@@ -384,6 +432,13 @@ class Database:
         return int(status.rsplit(" ", 1)[1])
 
     @_wrap
+    async def oldest_due(self) -> datetime | None:
+        """When the pending task that came due first came due (None if none is due)."""
+        when: datetime | None = await self._planned_pool.fetchval(Q["oldest_due"])
+        # -infinity (a run_at of 0001-01-01T00:00:00Z) comes back naive.
+        return as_utc(when) if when is not None else None
+
+    @_wrap
     async def next_due(self, regions: Sequence[str]) -> datetime | None:
         """When the next near task not yet due, unpinned or pinned to one of these
         (live) regions, will be due."""
@@ -406,32 +461,38 @@ class Database:
     @_wrap
     async def apply_report(
         self, report: Report, *, backoff_base: timedelta, backoff_max: timedelta
-    ) -> list[TaskRef]:
+    ) -> Applied:
         """Apply a region's report in one transaction: attempts handed back, started and
-        finished, each only while its attempt still matches the row. Returns the stale
-        ones (attempts no longer owned), which are counted against the region."""
-        stale: list[TaskRef] = []
+        finished, each only while its attempt still matches the row. The stale ones
+        (attempts no longer owned) are counted against the region."""
+        applied = Applied()
+        stale = applied.stale
         async with self._pool.acquire() as conn, conn.transaction():
             if returned := report.returned:
-                await conn.execute(
+                applied.returned = _rows(await conn.execute(
                     Q["return_to_pending"],
                     [r.id for r in returned], [r.attempt for r in returned],
                     "handed back by its worker (stopping, or stopped by its region)",
-                )
+                ))
             # Before the starts: a start on the next worker may come in this very report.
             if evicted := report.evicted:
-                await conn.execute(
+                applied.evicted = _rows(await conn.execute(
                     Q["mark_evicted"], [e.id for e in evicted], [e.attempt for e in evicted],
                     [e.worker_id for e in evicted], [e.reason for e in evicted],
                     report.region,
-                )
+                ))
             if started := report.started:
                 rows = await conn.fetch(
                     Q["mark_started"],
                     [e.id for e in started], [e.attempt for e in started],
                     [e.worker_id for e in started], [e.started_at for e in started],
                 )
-                stale.extend(TaskRef(str(r["id"]), r["attempt"]) for r in rows)
+                for r in rows:
+                    if r["stale"]:
+                        stale.append(TaskRef(str(r["id"]), r["attempt"]))
+                    else:
+                        applied.starts.append(Start(r["started_at"], r["claimed_at"],
+                                                    r["run_at"], r["lost_at"]))
             if finished := report.finished:
                 rows = await conn.fetch(
                     Q["mark_finished"],
@@ -445,11 +506,19 @@ class Database:
                     [e.stderr_truncated for e in finished],
                     [e.killed_processes for e in finished],
                     [e.timed_out for e in finished], report.region,
+                    [e.start_unreported for e in finished],
                 )
-                stale.extend(TaskRef(str(r["id"]), r["attempt"]) for r in rows)
+                for r in rows:
+                    if r["kind"] == "stale":
+                        stale.append(TaskRef(str(r["id"]), r["attempt"]))
+                    elif r["kind"] == "count":
+                        applied.finished[r["state"]] = r["attempt"]
+                    else:
+                        applied.starts.append(Start(r["started_at"], r["claimed_at"],
+                                                    r["run_at"], r["lost_at"]))
             if stale:
                 await conn.execute(Q["count_stale"], report.region, len(stale))
-        return stale
+        return applied
 
     @_wrap
     async def get_task(self, task_id: uuid.UUID) -> Task | None:

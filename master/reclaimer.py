@@ -12,6 +12,7 @@ from strata.common.errors import DatabaseUnavailable
 from strata.common.retry import Backoff, of_type, retrying
 from strata.common.settings import MasterSettings
 from strata.master.db import RECLAIMER_LOCK_ID, Database
+from strata.master.metrics import MasterMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +22,11 @@ DB_BACKOFF = Backoff(initial_s=0.1, max_s=5.0, healthy_after_s=10.0)
 
 class Reclaimer:
     def __init__(
-        self, db: Database, settings: MasterSettings, on_reclaimed: Callable[[], None]
+        self, db: Database, settings: MasterSettings, on_reclaimed: Callable[[], None],
+        metrics: MasterMetrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics or MasterMetrics()
         self._settings = settings
         self._on_reclaimed = on_reclaimed
         # Both queries are cheap (a handful of regions, a partial index over in-flight
@@ -77,5 +80,6 @@ class Reclaimer:
             )
         total = sum(reclaimed.values())
         if total:
+            self._metrics.reclaimed.labels("region_down").inc(total)
             self._on_reclaimed()
         return total

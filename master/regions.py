@@ -45,6 +45,9 @@ class RegionClients:
             self._breakers[name] = breaker
         return breaker
 
+    def breakers(self) -> list[CircuitBreaker]:
+        return list(self._breakers.values())
+
     def stub(self, name: str, address: str) -> rpc.RegionStub:
         link = self._links.get(name)
         if link is None or link.address != address:

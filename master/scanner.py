@@ -20,6 +20,7 @@ from strata.common.retry import Backoff, of_type, retrying
 from strata.common.settings import MasterSettings
 from strata.common.timeutil import to_unix, utcnow
 from strata.master.db import Claimed, Database, Listener, RegionRoom
+from strata.master.metrics import MasterMetrics
 from strata.master.regions import RegionClients
 from strata.proto import strata_pb2 as pb
 
@@ -33,8 +34,10 @@ DB_BACKOFF = Backoff(initial_s=0.05, max_s=2.0, healthy_after_s=10.0)
 
 
 class Scanner:
-    def __init__(self, db: Database, regions: RegionClients, settings: MasterSettings) -> None:
+    def __init__(self, db: Database, regions: RegionClients, settings: MasterSettings,
+                 metrics: MasterMetrics | None = None) -> None:
         self._db = db
+        self._metrics = metrics or MasterMetrics()
         self._regions = regions
         self._settings = settings
         self._wake = asyncio.Event()
@@ -130,6 +133,7 @@ class Scanner:
         self._backlogged = bool(shares)
         for region, quota in shares.items():
             claimed = await self._db.claim(region.name, quota)
+            self._metrics.claimed(region.name, claimed)
             if len(claimed) < quota:
                 self._backlogged = False
             if not claimed:
@@ -190,6 +194,7 @@ class Scanner:
             reason = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             returned = await self._db.return_to_pending(
                 [c.ref for c in claimed], f"delegation to region {region.name} failed: {reason}")
+            self._metrics.reclaimed.labels("returned").inc(returned)
             logger.warning(
                 "delegation of %d tasks to %s failed (%s); %d back to pending",
                 len(claimed), region.name, reason, returned,
@@ -198,8 +203,9 @@ class Scanner:
             return 0
         if reply.rejected:
             refs = [TaskRef.parse(r.task_id, r.attempt) for r in reply.rejected]
-            await self._db.return_to_pending(
+            rejected = await self._db.return_to_pending(
                 refs, f"region {region.name} had no room for it when it was delegated")
+            self._metrics.reclaimed.labels("returned").inc(rejected)
             logger.info(
                 "region %s rejected %d tasks", region.name, len(refs),
                 extra={"action": "delegate_rejected", "region": region.name},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from strata.common.status import RegionStatus, WorkerInfo
 from strata.common.text import storable
 from strata.common.timeutil import from_unix, utcnow
 from strata.master.db import Database
+from strata.master.metrics import MasterMetrics
 from strata.proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ def split_events(region: str, events: list[pb.TaskEvent]) -> Report:
                 output=_text(e.output), error=_text(e.error), stderr=_text(e.stderr),
                 output_truncated=e.output_truncated, stderr_truncated=e.stderr_truncated,
                 killed_processes=e.killed_processes, timed_out=e.timed_out,
+                start_unreported=e.start_unreported,
             )
         elif e.type == pb.EVENT_TYPE_RETURNED:
             returned.append(ref)
@@ -89,15 +92,20 @@ def split_events(region: str, events: list[pb.TaskEvent]) -> Report:
                                    reason=_text(e.error) or "its worker died"))
     done = finished.keys() | set(returned)
     only_started = [s for ref, s in started.items() if ref not in done]
+    for ref in started.keys() & finished.keys():
+        # Its start is learnt from its result, as if the worker had sent only that.
+        finished[ref] = dataclasses.replace(finished[ref], start_unreported=True)
     return Report(region=region, started=only_started, finished=list(finished.values()),
                   returned=returned, evicted=evicted)
 
 
 class MasterService:
     def __init__(
-        self, db: Database, settings: MasterSettings, on_capacity: Callable[[], None]
+        self, db: Database, settings: MasterSettings, on_capacity: Callable[[], None],
+        metrics: MasterMetrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics or MasterMetrics()
         self._settings = settings
         self._on_capacity = on_capacity
         self._reconcile_grace = max(
@@ -153,6 +161,7 @@ class MasterService:
         held = [_ref(r) for r in request.held]
         lost = await self._db.reconcile_region(request.region, held, cutoff)
         if lost:
+            self._metrics.reclaimed.labels("not_held").inc(lost)
             logger.warning(
                 "region %s does not hold %d attempts dispatched to it; reclaimed",
                 request.region, lost,
@@ -165,10 +174,12 @@ class MasterService:
         self, request: pb.ReportRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportReply:
         report = split_events(request.region, list(request.events))
-        stale = await self._db.apply_report(
+        applied = await self._db.apply_report(
             report, backoff_base=self._settings.retry_backoff_base,
             backoff_max=self._settings.retry_backoff_max,
         )
+        self._metrics.applied(report, applied)
+        stale = applied.stale
         if stale:
             logger.warning(
                 "dropped %d stale events from %s", len(stale), request.region,
@@ -189,6 +200,7 @@ class MasterService:
         returned = await self._db.return_to_pending(
             refs, f"handed back by region {request.region}: "
                   f"{_text(request.reason) or 'no reason given'}")
+        self._metrics.reclaimed.labels("returned").inc(returned)
         logger.info(
             "region %s handed back %d tasks (%s)", request.region, returned, request.reason,
             extra={"action": "tasks_handed_back", "region": request.region},

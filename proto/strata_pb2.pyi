@@ -39,7 +39,7 @@ class TaskSpec(_message.Message):
     def __init__(self, id: _Optional[str] = ..., attempt: _Optional[int] = ..., kind: _Optional[str] = ..., payload_json: _Optional[str] = ..., timeout_s: _Optional[float] = ..., lease_expires_at: _Optional[float] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
-    __slots__ = ("task_id", "attempt", "type", "worker_id", "started_at", "finished_at", "has_exit_code", "exit_code", "output", "error", "stderr", "output_truncated", "stderr_truncated", "killed_processes", "timed_out")
+    __slots__ = ("task_id", "attempt", "type", "worker_id", "started_at", "finished_at", "has_exit_code", "exit_code", "output", "error", "stderr", "output_truncated", "stderr_truncated", "killed_processes", "timed_out", "start_unreported")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class TaskEvent(_message.Message):
     STDERR_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     KILLED_PROCESSES_FIELD_NUMBER: _ClassVar[int]
     TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    START_UNREPORTED_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     attempt: int
     type: EventType
@@ -70,7 +71,8 @@ class TaskEvent(_message.Message):
     stderr_truncated: bool
     killed_processes: int
     timed_out: bool
-    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., worker_id: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., output: _Optional[str] = ..., error: _Optional[str] = ..., stderr: _Optional[str] = ..., output_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., killed_processes: _Optional[int] = ..., timed_out: _Optional[bool] = ...) -> None: ...
+    start_unreported: bool
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., worker_id: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., output: _Optional[str] = ..., error: _Optional[str] = ..., stderr: _Optional[str] = ..., output_truncated: _Optional[bool] = ..., stderr_truncated: _Optional[bool] = ..., killed_processes: _Optional[int] = ..., timed_out: _Optional[bool] = ..., start_unreported: _Optional[bool] = ...) -> None: ...
 
 class TaskRef(_message.Message):
     __slots__ = ("task_id", "attempt")

@@ -11,6 +11,8 @@ import logging
 import time
 from itertools import groupby
 
+from aiohttp import web
+
 from strata.common import channels
 from strata.common.batching import Batcher
 from strata.common.events import TaskRef
@@ -19,6 +21,7 @@ from strata.common.supervise import TaskSet, first_of, stop_on_signals
 from strata.proto import strata_pb2 as pb
 from strata.proto import strata_pb2_grpc as rpc
 from strata.regional.coordinator import Coordinator, to_pb
+from strata.regional.http import RegionHttp
 from strata.regional.lease import Lease
 from strata.regional.link import MasterLink
 from strata.regional.service import RegionService
@@ -65,6 +68,7 @@ class Uplink:
         )
         self.interval_s = settings.heartbeat_interval.total_seconds()
         self._poke = asyncio.Event()
+        self.last_beat: float | None = None  # unix time of the last beat the master took
 
     def poke(self) -> None:
         """Send a heartbeat now: capacity changed."""
@@ -131,6 +135,7 @@ class Uplink:
             # before the renewed lease lets any of it start.
             c.forget(held_now)
         self._lease.renew(beat_taken=taken)
+        self.last_beat = time.time()
         c.assign()  # start what waited for the lease
         return True
 
@@ -168,6 +173,13 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
     server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()
 
+    http = web.AppRunner(
+        RegionHttp(settings.name, coordinator, link, lease, lambda: uplink.last_beat).app(),
+        access_log=None)
+    await http.setup()
+    await web.TCPSite(http, settings.http_host, settings.http_port).start()
+    http_host, http_port = http.addresses[0][:2]
+
     tasks = TaskSet()
     tasks.spawn("report", events.run())
     tasks.spawn("hand_back", uplink.hand_backs.run())
@@ -175,7 +187,8 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
     tasks.spawn("heartbeat", uplink.heartbeat_loop())
     tasks.spawn("watch_workers", _watch_workers(coordinator, settings))
     logger.info(
-        "region %s ready on %s", settings.name, settings.advertised_address,
+        "region %s ready on %s, health and metrics on http://%s:%d", settings.name,
+        settings.advertised_address, http_host, http_port,
         extra={"action": "region_ready", "region": settings.name},
     )
     try:
@@ -199,6 +212,7 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
             )
         await server.stop(GRPC_GRACE_S)
         await tasks.cancel_all()
+        await http.cleanup()
         await link.close()
         logger.info("region stopped", extra={"action": "region_stopped", "region": settings.name})
     if tasks.failure is not None:

@@ -36,6 +36,7 @@ class MasterLink:
     def __init__(self, settings: RegionalSettings, lease: Lease) -> None:
         self._settings = settings
         self._lease = lease
+        self.address = settings.master
         self._channel = channels.channel(settings.master)
         self._stub = rpc.MasterStub(self._channel)
         self.breaker = CircuitBreaker(

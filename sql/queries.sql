@@ -128,6 +128,17 @@ SELECT least(
        AND run_at > now()
      ORDER BY run_at LIMIT 1));
 
+-- name: oldest_due
+-- The near task due first, from the run_at indexes (one entry each); a task due but not
+-- yet promoted is at most a scan interval old.
+SELECT least(
+    (SELECT run_at FROM tasks
+     WHERE state = 'pending' AND near AND region IS NULL AND run_at <= now()
+     ORDER BY run_at LIMIT 1),
+    (SELECT run_at FROM tasks
+     WHERE state = 'pending' AND near AND region IS NOT NULL AND run_at <= now()
+     ORDER BY run_at LIMIT 1)) AS run_at;
+
 -- name: region_room
 -- Live regions and how many more tasks each will take: what it advertised it holds at
 -- most, less what is already dispatched to it or running there.
@@ -174,9 +185,13 @@ WITH e AS (
     SET state = 'running', started_at = e.started_at, worker_id = e.worker_id
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
-    RETURNING t.id
+    RETURNING t.id, t.claimed_at, t.run_at, t.lost_at
 )
-SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id);
+-- Every start: stale (the attempt is no longer owned), or applied, with what the hop
+-- histograms need.
+SELECT e.id, e.attempt, u.id IS NULL AS stale, e.started_at, u.claimed_at, u.run_at,
+       u.lost_at
+FROM e LEFT JOIN updated AS u ON u.id = e.id;
 
 -- name: mark_finished
 -- A failure with attempts left goes back to pending with an exponential backoff;
@@ -184,9 +199,10 @@ SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.
 WITH e AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::text[], $5::timestamptz[],
                          $6::timestamptz[], $7::int[], $8::text[], $9::text[], $12::text[],
-                         $13::bool[], $14::bool[], $15::int[], $16::bool[])
+                         $13::bool[], $14::bool[], $15::int[], $16::bool[], $18::bool[])
         AS e(id, attempt, ok, worker_id, started_at, finished_at, exit_code, output, error,
-             stderr, output_truncated, stderr_truncated, killed_processes, timed_out)
+             stderr, output_truncated, stderr_truncated, killed_processes, timed_out,
+             start_unreported)
 ), updated AS (
     UPDATE tasks AS t
     SET state = CASE
@@ -214,10 +230,13 @@ WITH e AS (
         stderr = e.stderr,
         output_truncated = e.output_truncated,
         stderr_truncated = e.stderr_truncated,
-        killed_processes = e.killed_processes
+        killed_processes = e.killed_processes,
+        -- Kept only where the start is learnt now and the task is done: returned below.
+        lost_at = CASE WHEN e.start_unreported AND (e.ok OR t.failures + 1 >= t.max_attempts)
+                       THEN t.lost_at END
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
-    RETURNING t.id, t.state, t.claimed_at
+    RETURNING t.id, t.state, t.claimed_at, t.run_at, t.lost_at
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
     SELECT u.state, pg_backend_pid() % 16, count(*) FROM updated AS u
@@ -242,7 +261,19 @@ WITH e AS (
            s.exit_code
     FROM stale AS s WHERE EXISTS (SELECT 1 FROM tasks WHERE id = s.id)
 )
-SELECT id, attempt FROM stale;
+-- The stale events; how many were applied, by the state they left the task in (in
+-- attempt); and the starts known only from their results, for the hop histograms (of a
+-- task going back to pending, run_at is already its retry's).
+SELECT 'stale' AS kind, id, attempt, NULL::text AS state, NULL::timestamptz AS started_at,
+       NULL::timestamptz AS claimed_at, NULL::timestamptz AS run_at,
+       NULL::timestamptz AS lost_at
+FROM stale
+UNION ALL
+SELECT 'count', NULL, count(*)::int, state, NULL, NULL, NULL, NULL FROM updated GROUP BY state
+UNION ALL
+SELECT 'start', u.id, NULL, u.state, e.started_at, u.claimed_at, u.run_at, u.lost_at
+FROM updated AS u JOIN e ON e.id = u.id
+WHERE e.start_unreported AND e.started_at IS NOT NULL AND u.state <> 'pending';
 
 -- name: mark_evicted
 -- Attempts whose worker $3 died; the region ($5) runs them again on another of its
@@ -254,7 +285,8 @@ WITH e AS (
         AS e(id, attempt, worker_id, reason)
 ), evicted AS (
     UPDATE tasks AS t
-    SET state = 'dispatched', worker_id = NULL, started_at = NULL
+    SET state = 'dispatched', worker_id = NULL, started_at = NULL,
+        lost_at = coalesce(t.lost_at, now())
     FROM e, tasks AS old
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
       AND (t.worker_id = e.worker_id OR t.worker_id IS NULL) AND old.id = t.id
@@ -395,7 +427,8 @@ RETURNING name, last_heartbeat;
 -- back too, and wait there until their region is up again.
 WITH reclaimed AS (
     UPDATE tasks AS t
-    SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL
+    SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL,
+        lost_at = coalesce(t.lost_at, r.last_heartbeat)
     FROM regions AS r, tasks AS old
     WHERE r.name = t.assigned_region AND r.state = 'down'
       AND t.state IN ('dispatched', 'running') AND old.id = t.id
@@ -419,7 +452,8 @@ SELECT id, region FROM reclaimed;
 -- list: they never arrived or were lost with a restart. A new attempt, back to pending.
 WITH lost AS (
     UPDATE tasks AS t
-    SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL
+    SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL,
+        lost_at = coalesce(t.lost_at, now())
     FROM tasks AS old
     WHERE t.assigned_region = $1 AND t.state IN ('dispatched', 'running')
       AND t.claimed_at < $4 AND old.id = t.id
@@ -466,3 +500,8 @@ WITH r AS (
 SELECT (SELECT live FROM r) AS live, (SELECT n FROM users) AS tasks,
        EXISTS (SELECT 1 FROM deleted) AS deleted
 FROM r;
+
+-- name: register_event_listener
+INSERT INTO event_listeners (master, until)
+VALUES ($1, now() + $2::float8 * interval '1 second')
+ON CONFLICT (master) DO UPDATE SET until = excluded.until;

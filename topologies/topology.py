@@ -48,6 +48,8 @@ class MasterSpec(_Strict):
 class RegionSpec(_Strict):
     name: str = Field(pattern=REGION_NAME_PATTERN)
     grpc_port: int = Field(ge=1, le=65535)
+    # /healthz and /metrics; none given: any free port, named in the region's log.
+    http_port: int | None = Field(default=None, ge=1, le=65535)
     workers: int = Field(default=2, ge=0, le=64)
     concurrency: int = Field(default=8, ge=1, le=10_000)
     # STRATA_* overrides for this region's processes, keyed without the prefix.
@@ -77,6 +79,7 @@ class Topology(_Strict):
         if dupes:
             raise ValueError(f"region names must be unique; repeated: {', '.join(dupes)}")
         ports = [self.master.http_port, self.master.grpc_port] + [r.grpc_port for r in self.regions]
+        ports += [r.http_port for r in self.regions if r.http_port is not None]
         clash = sorted({p for p in ports if ports.count(p) > 1})
         if clash:
             raise ValueError(f"ports must be unique; repeated: {', '.join(map(str, clash))}")

@@ -245,6 +245,7 @@ class Agent:
         )
         pending_started = self._unsent_started.pop(ref, None)
         if pending_started is not None:
+            result.start_unreported = True
             pending_started.CopyFrom(result)  # the result goes out in the STARTED's place
         else:
             self.events.put_nowait(result)

@@ -19,6 +19,7 @@ from strata.common.client import Client
 from strata.local import launcher
 from strata.local.cluster import Cluster, wait_until
 from strata.local.postgres import EmbeddedPostgres, free_port
+from tests.e2e.scrape import scrape, value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -74,6 +75,15 @@ async def test_killed_region_is_marked_down_and_its_tasks_run_elsewhere(
             assert first["worker_id"] == "east-w1" and "east" in first["reason"], history
             assert (last["attempt"], last["region"], last["outcome"]) == (
                 3, "west", "succeeded"), history
+    metrics = await scrape(f"{cluster.api}/metrics")
+    assert value(metrics, "strata_attempts_reclaimed_total", reason="region_down") >= len(
+        in_east)
+    # Each task moved from east was rescued: from east's last heartbeat to its start in
+    # west, within the test's own bound.
+    assert value(metrics, "strata_task_rescue_seconds_count") >= len(in_east)
+    assert value(metrics, "strata_task_rescue_seconds_bucket", le="30.0") == value(
+        metrics, "strata_task_rescue_seconds_count")
+    assert value(metrics, "strata_region_up", region="east") == 0
     assert "action=region_down" in cluster.log("master")
     assert "action=tasks_reclaimed" in cluster.log("master")
 
@@ -100,6 +110,9 @@ async def test_a_task_whose_worker_dies_runs_again_in_its_region_and_says_so(
     assert [(a["attempt"], a["worker_id"], a["outcome"]) for a in history] == [
         (1, "east-w1", "evicted"), (1, "east-w2", "succeeded")], history
     assert "east-w1" in history[0]["reason"] and history[0]["region"] == "east"
+    metrics = await scrape(f"{cluster.api}/metrics")
+    assert value(metrics, "strata_attempts_reclaimed_total", reason="worker_dead") == 1
+    assert value(metrics, "strata_task_rescue_seconds_count") == 1
 
 
 async def _down(c: Client, name: str) -> bool:

@@ -299,7 +299,7 @@ async def test_stats_counts_every_state(client: Client, db: Database) -> None:
     stale = await db.apply_report(
         Report(region="eu", started=[], finished=unknown, returned=[]),
         backoff_base=timedelta(seconds=1), backoff_max=timedelta(seconds=1))
-    assert len(stale) == 2
+    assert len(stale.stale) == 2
 
     body = await (await client.get("/v1/stats")).json()
     assert body["counts"] == dict.fromkeys(STATES, 0) | {
@@ -592,10 +592,24 @@ async def test_wrong_method(client: Client, method: str, path: str) -> None:
     await expect_error(response, 405, "method_not_allowed")
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/v1", "/v1/tasks/a/b/c", "/v2/tasks"])
+@pytest.mark.parametrize("path", ["/nope", "/v1", "/v1/tasks/a/b/c", "/v2/tasks", "/ui/nope",
+                                  "/ui/", "/ui/.hidden", "/ui/%2e%2e%2fapi.py"])
 async def test_unknown_path(client: Client, path: str) -> None:
     response = await client.get(path)
     await expect_error(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/", "text/html"), ("/ui/app.js", "javascript"), ("/ui/style.css", "text/css")],
+)
+async def test_dashboard_files_are_served(client: Client, path: str, content_type: str) -> None:
+    """The dashboard (tests/e2e/test_dashboard.py drives it in a browser) ships in the
+    package: its page at / and the files it loads under /ui/."""
+    response = await client.get(path)
+    assert response.status == 200
+    assert content_type in response.headers["Content-Type"]
+    assert len(await response.read()) > 500
 
 
 @pytest.mark.parametrize(

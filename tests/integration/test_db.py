@@ -80,8 +80,8 @@ async def apply(
     """Apply a report; the stale attempts it names, as (id, attempt)."""
     report = Report(region=region, started=list(started), finished=list(done),
                     returned=list(returned))
-    stale = await db.apply_report(report, backoff_base=backoff_base, backoff_max=backoff_max)
-    return [(uuid.UUID(s.id), s.attempt) for s in stale]
+    applied = await db.apply_report(report, backoff_base=backoff_base, backoff_max=backoff_max)
+    return [(uuid.UUID(s.id), s.attempt) for s in applied.stale]
 
 
 

@@ -1,0 +1,362 @@
+"""The REST API as an OpenAPI 3.1 document, served at ``GET /v1/openapi.json``.
+
+Built from the models the API validates with, so it cannot drift from them: a task body
+is what ``parse_new_task`` takes (the kind's payload fields, the options every kind
+shares, and ``kind``), one schema per kind, merged from the JSON schemas of
+``TaskOptions`` and ``PAYLOADS[kind]``; the responses are the models of
+``strata.common.api_models``, which the tests hold every response to.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from strata.common import api_models as am
+from strata.common.kinds import PAYLOADS
+from strata.common.models import MAX_BATCH, OPTION_FIELDS, TaskOptions
+from strata.master.api import DEFAULT_PAGE, MAX_BODY, MAX_PAGE
+
+OPENAPI_VERSION = "3.1.0"
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+# /metrics: the Prometheus text exposition format.
+PROMETHEUS = "text/plain; version=0.0.4"
+EVENT_STREAM = "text/event-stream"
+
+Schema = dict[str, Any]
+
+# Every model whose schema is a component, under its own name.
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    am.Error, am.TaskOut, am.TaskDetail, am.BatchCreated, am.TaskPage, am.Attempts,
+    am.Stats, am.Regions, am.Workers, am.Health, am.Ready, am.ScheduleReply,
+    am.StatusReply, am.TaskEventData,
+)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (am.ScheduleRequest,)
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": REF.format(model=name)}
+
+
+def task_schema_name(kind: str) -> str:
+    return f"{kind.capitalize()}Task"
+
+
+class _Components:
+    """Component schemas, each name given one schema only."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, Schema] = {}
+
+    def add(self, name: str, schema: Schema) -> None:
+        if self.schemas.setdefault(name, schema) != schema:
+            raise ValueError(f"two schemas named {name!r}")
+
+    def model(self, model: type[BaseModel]) -> Schema:
+        """The model's JSON schema, its definitions moved into the components."""
+        schema = copy.deepcopy(model.model_json_schema(ref_template=REF))
+        for name, definition in schema.pop("$defs", {}).items():
+            self.add(name, definition)
+        return schema
+
+
+def task_body_schema(kind: str, components: _Components) -> Schema:
+    """What ``POST /v1/tasks`` takes for ``kind``: its payload's fields, the shared
+    options and ``kind``, nothing else (both models forbid extra fields)."""
+    options = components.model(TaskOptions)
+    payload = components.model(PAYLOADS[kind])
+    overlap = set(payload.get("properties", {})) & OPTION_FIELDS
+    if overlap:  # parse_new_task would never hand them to the payload
+        raise ValueError(f"kind {kind}: payload fields named like options: {sorted(overlap)}")
+    properties: Schema = {
+        "kind": {"const": kind, "type": "string"},
+        **payload.get("properties", {}),
+        **options["properties"],
+    }
+    return {
+        "title": task_schema_name(kind),
+        "description": f"A task of kind {kind}: "
+                       f"{PAYLOADS[kind].__name__}'s fields and TaskOptions'.",
+        "type": "object",
+        "properties": properties,
+        "required": ["kind", *payload.get("required", []), *options.get("required", [])],
+        "additionalProperties": False,
+    }
+
+
+def _error(description: str, *, retry_after: bool = False) -> Schema:
+    response: Schema = {"description": description, "content": {JSON: {"schema": ref("Error")}}}
+    if retry_after:
+        response["headers"] = {"Retry-After": {
+            "description": "seconds to wait before trying again",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }}
+    return response
+
+
+ERRORS: dict[str, Schema] = {
+    "400": _error("Invalid input: a malformed or mistyped body, an unknown or repeated "
+                  "query parameter, text PostgreSQL cannot store."),
+    "404": _error("No such task or region."),
+    "409": _error("The object's state forbids it."),
+    "413": _error(f"A body over {MAX_BODY} bytes."),
+    "503": _error("The database cannot be reached.", retry_after=True),
+}
+
+
+def _json(description: str, name: str, *, links: Schema | None = None) -> Schema:
+    response: Schema = {"description": description,
+                        "content": {JSON: {"schema": ref(name)}}}
+    if links:
+        response["links"] = links
+    return response
+
+
+def _responses(ok: dict[str, Schema], *errors: str) -> Schema:
+    return {**ok, **{status: {"$ref": f"#/components/responses/E{status}"}
+                     for status in errors}}
+
+
+def _link(operation: str, **parameters: str) -> Schema:
+    return {"operationId": operation, "parameters": parameters}
+
+
+TASK_ID = {"name": "id", "in": "path", "required": True,
+           "schema": {"type": "string", "format": "uuid"}, "description": "a task's id"}
+
+# What the create answers lead to: the task, its attempts, its cancel and its retry.
+_BY_ID = "$response.body#/id"
+TASK_LINKS = {
+    "GetTask": _link("getTask", id=_BY_ID),
+    "CancelTask": _link("cancelTask", id=_BY_ID),
+    "RetryTask": _link("retryTask", id=_BY_ID),
+    "TaskAttempts": _link("taskAttempts", id=_BY_ID),
+    "TaskMasterStatus": _link("status", task_id=_BY_ID),
+}
+
+
+def _body(schema: Schema) -> Schema:
+    return {"required": True, "content": {JSON: {"schema": schema}}}
+
+
+def or_empty(schema: Schema) -> Schema:
+    """A filter's value, or empty text: the same as leaving the filter out."""
+    return {"anyOf": [schema, {"type": "string", "const": ""}]}
+
+
+def _paths() -> Schema:
+    def query(name: str, schema: Schema, description: str, **more: Any) -> Schema:
+        return {"name": name, "in": "query", "required": False, "schema": schema,
+                "description": description, **more}
+
+    state_param = query("state", or_empty(ref("TaskState")), "only tasks in this state")
+    task = _json("The task.", "TaskOut", links=TASK_LINKS)
+    return {
+        "/v1/tasks": {
+            "post": {
+                "operationId": "createTask", "tags": ["tasks"],
+                "summary": "Create a task",
+                "requestBody": _body(ref("TaskBody")),
+                "responses": _responses(
+                    {"201": _json("Created.", "TaskOut", links=TASK_LINKS),
+                     "200": _json("Its idempotency key was taken: the task it made.",
+                                  "TaskOut", links=TASK_LINKS)},
+                    "400", "409", "413", "503"),
+            },
+            "get": {
+                "operationId": "listTasks", "tags": ["tasks"],
+                "summary": "List tasks, a page at a time, by creation time",
+                "parameters": [
+                    state_param,
+                    query("region", {"type": "string"}, "only tasks in (or pinned to) it"),
+                    query("kind", or_empty({"type": "string", "enum": list(PAYLOADS)}),
+                          "only tasks of this kind"),
+                    query("order", {"type": "string", "enum": ["asc", "desc"],
+                                    "default": "asc"}, "asc: oldest first; desc: newest"),
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                                    "default": DEFAULT_PAGE}, "tasks per page"),
+                    query("cursor", or_empty({"type": "string", "format": "strata-cursor"}),
+                          "a previous page's next_cursor: the page after it"),
+                ],
+                "responses": _responses(
+                    {"200": _json("A page of tasks.", "TaskPage", links={
+                        "NextPage": _link("listTasks", cursor="$response.body#/next_cursor"),
+                    })}, "400", "503"),
+            },
+        },
+        "/v1/tasks/batch": {"post": {
+            "operationId": "createBatch", "tags": ["tasks"],
+            "summary": "Create many tasks, all or none",
+            "requestBody": _body(ref("TaskBatch")),
+            "responses": _responses(
+                {"201": _json("Created (some items may have existed).", "BatchCreated",
+                              links={"GetFirst": _link("getTask", id="$response.body#/ids/0")}),
+                 "200": _json("Every item's idempotency key was taken: nothing new.",
+                              "BatchCreated")},
+                "400", "409", "413", "503"),
+        }},
+        "/v1/tasks/{id}": {"get": {
+            "operationId": "getTask", "tags": ["tasks"], "summary": "A task",
+            "parameters": [TASK_ID],
+            "responses": _responses({"200": _json("The task.", "TaskDetail")},
+                                    "400", "404", "503"),
+        }},
+        "/v1/tasks/{id}/cancel": {"post": {
+            "operationId": "cancelTask", "tags": ["tasks"],
+            "summary": "Cancel a task that has not finished",
+            "parameters": [TASK_ID],
+            "responses": _responses({"200": _json("The task, cancelled.", "TaskOut",
+                                                  links={"RetryTask": TASK_LINKS["RetryTask"]})},
+                                    "400", "404", "409", "503"),
+        }},
+        "/v1/tasks/{id}/retry": {"post": {
+            "operationId": "retryTask", "tags": ["tasks"],
+            "summary": "Run a failed or cancelled task again, as a new task",
+            "parameters": [TASK_ID],
+            "responses": _responses({"201": task}, "400", "404", "409", "503"),
+        }},
+        "/v1/tasks/{id}/attempts": {"get": {
+            "operationId": "taskAttempts", "tags": ["tasks"],
+            "summary": "Every attempt of a task, and how it ended",
+            "parameters": [TASK_ID],
+            "responses": _responses({"200": _json("Its attempts.", "Attempts")},
+                                    "400", "404", "503"),
+        }},
+        "/v1/events": {"get": {
+            "operationId": "events", "tags": ["tasks"],
+            "summary": "Task state changes, as Server-Sent Events",
+            "description": "A stream that does not end. First `event: subscribed` "
+                           '(`data: {"resumed_after"}`), then one `event: task` per state '
+                           "change that matches, its `data:` a TaskEventData object and its "
+                           "`id:` what Last-Event-ID resumes after. `event: missed` says "
+                           "events after Last-Event-ID are no longer kept; `event: dropped` "
+                           "that the client fell too far behind, and the stream ends "
+                           '(`data: {"reason"}`). Comments keep the connection alive.',
+            "parameters": [
+                query("task", {"type": "array", "items": {"type": "string", "format": "uuid"}},
+                      "only these tasks (repeat the parameter for more)",
+                      style="form", explode=True),
+                state_param,
+                query("region", {"type": "string"}, "only events in this region"),
+                {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "schema": {"type": "string"},
+                 "description": "the last event seen: resume after it"},
+            ],
+            "responses": _responses({"200": {
+                "description": "The stream.",
+                "content": {EVENT_STREAM: {
+                    "schema": {"type": "string",
+                               "description": "event: task / id: <id> / data: TaskEventData"},
+                    "x-event-data": ref("TaskEventData"),
+                }},
+            }}, "400", "503"),
+        }},
+        "/v1/stats": {"get": {
+            "operationId": "stats", "tags": ["cluster"], "summary": "The master's figures",
+            "responses": _responses({"200": _json("Its figures.", "Stats")}, "400", "503"),
+        }},
+        "/v1/regions": {"get": {
+            "operationId": "regions", "tags": ["cluster"], "summary": "Every region",
+            "responses": _responses({"200": _json("The regions.", "Regions", links={
+                "DeleteRegion": _link("deleteRegion", name="$response.body#/regions/0/name"),
+            })}, "400", "503"),
+        }},
+        "/v1/regions/{name}": {"delete": {
+            "operationId": "deleteRegion", "tags": ["cluster"],
+            "summary": "Forget a region that is down and named by no unfinished task",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string"}, "description": "the region"}],
+            "responses": _responses({"204": {"description": "Removed."}},
+                                    "400", "404", "409", "503"),
+        }},
+        "/v1/workers": {"get": {
+            "operationId": "workers", "tags": ["cluster"],
+            "summary": "Every worker the regions report",
+            "responses": _responses({"200": _json("The workers.", "Workers")}, "400", "503"),
+        }},
+        "/v1/openapi.json": {"get": {
+            "operationId": "openapi", "tags": ["meta"], "summary": "This document",
+            "responses": _responses({"200": {
+                "description": "An OpenAPI 3.1 document.",
+                "content": {JSON: {"schema": {"type": "object"}}},
+            }}, "400"),
+        }},
+        "/healthz": {"get": {
+            "operationId": "healthz", "tags": ["meta"], "summary": "The process is up",
+            "responses": _responses({"200": _json("Up.", "Health")}, "400"),
+        }},
+        "/readyz": {"get": {
+            "operationId": "readyz", "tags": ["meta"],
+            "summary": "The master can reach its database",
+            "responses": _responses({"200": _json("Ready.", "Ready")}, "400", "503"),
+        }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "tags": ["meta"], "summary": "Prometheus metrics",
+            "responses": _responses({"200": {
+                "description": "The Prometheus text exposition format.",
+                "content": {PROMETHEUS: {"schema": {"type": "string"}}},
+            }}, "400"),
+        }},
+        "/schedule": {"post": {
+            "operationId": "schedule", "tags": ["taskmaster"],
+            "summary": "TaskMaster-compatible: schedule a shell command",
+            "requestBody": _body(ref("ScheduleRequest")),
+            "responses": _responses({"200": _json("Scheduled.", "ScheduleReply", links={
+                "TaskMasterStatus": _link("status", task_id="$response.body#/task_id"),
+                "GetTask": _link("getTask", id="$response.body#/task_id"),
+            })}, "400", "413", "503"),
+        }},
+        **{path: {"get": {
+            "operationId": operation_id, "tags": ["taskmaster"],
+            "summary": "TaskMaster-compatible: a task's state and times",
+            "parameters": [{"name": "task_id", "in": "query", "required": True,
+                            "schema": {"type": "string", "format": "uuid"},
+                            "description": "the task"}],
+            "responses": _responses({"200": _json("The task.", "StatusReply")},
+                                    "400", "404", "503"),
+        }} for path, operation_id in (("/status", "status"), ("/status/", "statusSlash"))},
+    }
+
+
+@cache
+def document() -> Schema:
+    """The whole document (built once; callers must not change it)."""
+    components = _Components()
+    for kind in PAYLOADS:
+        components.add(task_schema_name(kind), task_body_schema(kind, components))
+    components.add("TaskBody", {
+        "title": "TaskBody",
+        "description": "A task: `kind` says which of these it is.",
+        "oneOf": [ref(task_schema_name(kind)) for kind in PAYLOADS],
+        "discriminator": {"propertyName": "kind", "mapping": {
+            kind: REF.format(model=task_schema_name(kind)) for kind in PAYLOADS}},
+    })
+    components.add("TaskBatch", {
+        "title": "TaskBatch", "type": "object",
+        "properties": {"tasks": {"type": "array", "items": ref("TaskBody"),
+                                 "minItems": 1, "maxItems": MAX_BATCH}},
+        "required": ["tasks"], "additionalProperties": False,
+        "description": "Each item is a task; items that name an idempotency key need "
+                       "one of their own.",
+    })
+    for model in (*REQUEST_MODELS, *RESPONSE_MODELS):
+        components.add(model.__name__, components.model(model))
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "Strata",
+            "version": "1",
+            "description": "The master's REST API. Every error is JSON "
+                           '`{"error": {"code", "message"}}`; a query parameter an '
+                           "operation does not take, or one given twice, is a 400.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": dict(sorted(components.schemas.items())),
+            "responses": {f"E{status}": response for status, response in ERRORS.items()},
+        },
+    }

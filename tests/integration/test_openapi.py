@@ -1,0 +1,247 @@
+"""GET /v1/openapi.json: a valid OpenAPI 3.1 document of every route the master serves,
+whose request bodies are the models the API validates with and whose responses are the
+models the handlers' JSON is held to (tests/e2e/test_openapi.py runs schemathesis on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from openapi_spec_validator import validate
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+from pydantic import BaseModel
+
+from strata.common import api_models as am
+from strata.common.kinds import PAYLOADS
+from strata.common.models import (
+    OPTION_FIELDS,
+    Task,
+    TaskOptions,
+    TaskResult,
+    TaskState,
+    parse_new_task,
+)
+from strata.common.settings import MasterSettings
+from strata.master.api import LIST_PARAMETERS, Api
+from strata.master.control import Control
+from strata.master.db import Attempt, Database
+from strata.master.openapi import REF, document, task_schema_name
+from strata.master.regions import RegionClients
+
+pytestmark = pytest.mark.integration
+
+Client = TestClient[web.Request, web.Application]
+# The dashboard's page and files: served by the master, not part of the REST API.
+DASHBOARD = {("GET", "/"), ("HEAD", "/"), ("GET", "/ui/{name}"), ("HEAD", "/ui/{name}")}
+METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+@pytest.fixture
+async def app(db: Database, database_url: str) -> AsyncIterator[web.Application]:
+    regions = RegionClients()
+    settings = MasterSettings(database_url=database_url,
+                              region_dead_after=timedelta(seconds=30))
+    try:
+        yield Api(Control(db, regions, settings)).app()
+    finally:
+        await regions.close()
+
+
+@pytest.fixture
+async def client(app: web.Application) -> AsyncIterator[Client]:
+    test_client: Client = TestClient(TestServer(app))
+    await test_client.start_server()
+    try:
+        yield test_client
+    finally:
+        await test_client.close()
+
+
+def schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=REF)
+    schema.pop("$defs", None)
+    return schema
+
+
+def operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(method.upper(), path) for path, item in doc["paths"].items()
+            for method in item if method in METHODS}
+
+
+async def test_the_document_is_valid_openapi_3_1_and_served_as_built(client: Client) -> None:
+    response = await client.get("/v1/openapi.json")
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    served = await response.json()
+    assert served == json.loads(json.dumps(document()))
+    assert served["openapi"].startswith("3.1.")
+    validate(served)  # raises on anything OpenAPI 3.1 does not allow
+    # Every $ref resolves.
+    text = json.dumps(served)
+    for name in {part.split('"')[0] for part in text.split('"#/components/schemas/')[1:]}:
+        assert name in served["components"]["schemas"], name
+    # It takes no query parameter either, like every other route.
+    assert (await client.get("/v1/openapi.json?x=1")).status == 400
+
+
+def test_the_validator_refuses_a_broken_document() -> None:
+    broken = json.loads(json.dumps(document()))
+    broken["paths"]["/v1/tasks"]["post"]["responses"] = "none"
+    with pytest.raises(OpenAPIValidationError):
+        validate(broken)
+
+
+def test_every_route_served_is_in_the_document_and_nothing_else(app: web.Application) -> None:
+    served = {(route.method, route.resource.canonical) for route in app.router.routes()
+              if route.resource is not None}
+    served -= DASHBOARD
+    # aiohttp answers HEAD for every GET; the document lists the GETs.
+    heads = {(m, p) for m, p in served if m == "HEAD"}
+    assert {("GET", p) for _, p in heads} <= served
+    assert served - heads == operations(document())
+
+
+def test_each_task_body_is_its_payload_and_the_options_and_kind() -> None:
+    schemas = document()["components"]["schemas"]
+    options = schema_of(TaskOptions)
+    for kind, model in PAYLOADS.items():
+        payload = schema_of(model)
+        body = schemas[task_schema_name(kind)]
+        assert body["properties"] == {
+            "kind": {"const": kind, "type": "string"},
+            **payload.get("properties", {}), **options["properties"],
+        }
+        assert set(body["required"]) == {"kind", *payload.get("required", [])}
+        assert body["additionalProperties"] is False
+        assert not set(payload.get("properties", {})) & OPTION_FIELDS
+    union = schemas["TaskBody"]
+    assert union["oneOf"] == [{"$ref": REF.format(model=task_schema_name(k))} for k in PAYLOADS]
+    assert set(union["discriminator"]["mapping"]) == set(PAYLOADS)
+    batch = schemas["TaskBatch"]["properties"]["tasks"]
+    assert batch["items"] == {"$ref": REF.format(model="TaskBody")}
+    paths = document()["paths"]
+    assert (paths["/v1/tasks"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            == {"$ref": REF.format(model="TaskBody")})
+    assert schemas["ScheduleRequest"] == schema_of(am.ScheduleRequest)
+
+
+def test_every_model_is_a_component_as_pydantic_makes_it() -> None:
+    from strata.master.openapi import REQUEST_MODELS, RESPONSE_MODELS
+
+    schemas = document()["components"]["schemas"]
+    for model in (*REQUEST_MODELS, *RESPONSE_MODELS):
+        assert schemas[model.__name__] == schema_of(model), model.__name__
+
+
+def test_the_query_parameters_are_those_the_handlers_take() -> None:
+    paths = document()["paths"]
+
+    def names(path: str) -> list[str]:
+        return [p["name"] for p in paths[path]["get"].get("parameters", []) if p["in"] == "query"]
+
+    assert names("/v1/tasks") == list(LIST_PARAMETERS)
+    assert names("/v1/events") == ["task", "state", "region"]
+    assert names("/status") == names("/status/") == ["task_id"]
+    assert names("/v1/stats") == []
+
+
+def test_the_response_models_have_the_fields_the_handlers_write() -> None:
+    assert list(am.StateCounts.model_fields) == [s.value for s in TaskState]
+    assert set(am.TaskResultOut.model_fields) == set(TaskResult.model_fields)
+    assert set(am.AttemptOut.model_fields) == {f.name for f in dataclasses.fields(Attempt)}
+    now = datetime.now(UTC)
+    task = Task.created(parse_new_task({"kind": "shell", "command": "true"}), now)
+    ran = task.model_copy(update={
+        "state": TaskState.SUCCEEDED, "assigned_region": "eu", "worker_id": "w",
+        "picked_at": now, "started_at": now, "finished_at": now,
+        "result": TaskResult(exit_code=0, output="x"),
+    })
+    for each in (task, ran):
+        am.TaskOut.model_validate(each.to_json())  # extra="forbid": no field unknown
+        assert set(each.to_json()) == set(am.TaskOut.model_fields)
+
+
+# ---- what schemathesis found, each pinned down here ----------------------------------
+
+
+async def post(client: Client, path: str, body: Any) -> tuple[int, Any]:
+    response = await client.post(path, data=json.dumps(body),
+                                 headers={"Content-Type": "application/json"})
+    return response.status, await response.json()
+
+
+@pytest.mark.parametrize("run_at", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"])
+async def test_a_run_at_stored_as_infinity_reads_back(client: Client, run_at: str) -> None:
+    """PostgreSQL keeps these two as -infinity and infinity, which asyncpg reads back as
+    naive datetimes: a pending task's waiting_for, and the stats, were 500s."""
+    status, made = await post(client, "/v1/tasks", {"kind": "noop", "run_at": run_at})
+    assert status == 201, made
+    response = await client.get(f"/v1/tasks/{made['id']}")
+    assert response.status == 200, await response.text()
+    got = await response.json()
+    am.TaskDetail.model_validate(got)
+    assert datetime.fromisoformat(got["run_at"]) == datetime.fromisoformat(run_at)
+    assert isinstance(got["waiting_for"], str)
+    response = await client.get("/v1/stats")
+    assert response.status == 200, await response.text()
+    am.Stats.model_validate(await response.json())
+
+
+async def test_an_integral_number_is_an_integer(client: Client) -> None:
+    """JSON Schema's integer (and JSON itself) takes 3.0 for 3."""
+    status, made = await post(client, "/v1/tasks",
+                              {"kind": "noop", "priority": 3.0, "max_attempts": 2.0})
+    assert status == 201, made
+    assert (made["priority"], made["max_attempts"]) == (3, 2)
+    for bad in ({"priority": 3.5}, {"priority": True}, {"priority": "3"},
+                {"max_attempts": 1e300}):
+        status, body = await post(client, "/v1/tasks", {"kind": "noop", **bad})
+        assert status == 400, (bad, body)
+
+
+async def test_a_batch_refuses_a_field_it_does_not_know(client: Client) -> None:
+    status, body = await post(client, "/v1/tasks/batch",
+                              {"tasks": [{"kind": "noop"}], "priority": 5})
+    assert status == 400, body
+    assert "priority" in body["error"]["message"]
+
+
+async def test_get_on_the_batch_route_is_a_405_not_a_task_id(client: Client) -> None:
+    response = await client.get("/v1/tasks/batch")
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("handler", ["", "m:f\n", "mödule:f", "m:f:g", "m.:f"])
+async def test_a_handler_the_schema_refuses_is_refused(client: Client, handler: str) -> None:
+    """The handler's pattern in the schema (ECMA-262) and the validator agree: ASCII,
+    matched whole."""
+    status, body = await post(client, "/v1/tasks", {"kind": "python", "handler": handler})
+    assert status == 400, body
+    pattern = document()["components"]["schemas"]["PythonTask"]["properties"]["handler"]
+    assert pattern["pattern"] == "^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*:" \
+                                 "[A-Za-z_][A-Za-z0-9_]*$"
+
+
+async def test_an_empty_filter_is_no_filter(client: Client) -> None:
+    response = await client.get("/v1/tasks?state=&kind=&cursor=&region=")
+    assert response.status == 200, await response.text()
+
+
+async def test_scheduled_at_in_unix_seconds_takes_exactly_the_documented_range(
+    client: Client,
+) -> None:
+    for value in (am.MIN_UNIX_S, 0, am.MAX_UNIX_S):
+        status, body = await post(client, "/schedule", {"command": "true", "scheduled_at": value})
+        assert status == 200, (value, body)
+    # Past the end: fromtimestamp would round 253402300799.00003 to a valid microsecond.
+    for value in (am.MAX_UNIX_S + 0.00003, am.MIN_UNIX_S - 0.5, 1e300):
+        status, body = await post(client, "/schedule", {"command": "true", "scheduled_at": value})
+        assert status == 400, (value, body)
