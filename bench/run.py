@@ -7,6 +7,9 @@ bench.<name>``): its figures as they come, prefixed with its name, then a summar
   ``toxiproxy-server``: ``make toxiproxy`` builds it into ./bin)
 - table_growth: GETs and claims with a million finished tasks, tasks due later and a
   backlog pinned to a region that is down, against an empty table
+- schedules: fire lag (fire time -> task started) of schedules firing every second
+- retention: a million tasks through a two-minute retention: the task tables' size on
+  disk over time
 
 They run one at a time because each measures a whole cluster on this machine: two at
 once would measure each other. ``--quick`` runs smaller sizes and single trials, to
@@ -66,6 +69,10 @@ BENCHES = (
           quick_args=("--finished", "20000", "--future", "2000", "--pinned", "5000",
                       "--seconds", "2"),
           figures=("empty", "1,000,000", "20,000", "...")),
+    Bench(name="schedules", quick_args=("--schedules", "2", "--seconds", "5"),
+          figures=("fire lag",)),
+    Bench(name="retention", quick_args=("--tasks", "20000", "--retention", "5", "--every", "2"),
+          figures=("tasks:", "attempts:")),
 )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -99,16 +101,102 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         one = command(name, help_text)
         one.add_argument("task_id", help="the task's id")
         commands.add_api_flag(one)
+    _schedule_commands(command("schedule", "make, list, pause, resume and delete schedules "
+                                           "(tasks made on a cron or every so many seconds)"),
+                       subs)
     return p, subs
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object (a POST /v1/tasks body)")
+    return value
+
+
+def _schedule_commands(group: argparse.ArgumentParser,
+                       subs: dict[str, argparse.ArgumentParser]) -> None:
+    """``strata schedule SUBCOMMAND``; each one's parser is ``subs["schedule NAME"]``."""
+    sub = group.add_subparsers(dest="schedule_command", required=True, metavar="SUBCOMMAND",
+                               help="what to do")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        subs[f"schedule {name}"] = one = sub.add_parser(name, help=help_text,
+                                                        description=help_text)
+        return one
+
+    def named(name: str, help_text: str) -> argparse.ArgumentParser:
+        one = command(name, help_text)
+        one.add_argument("name", help="the schedule's name")
+        commands.add_api_flag(one)
+        return one
+
+    c = command("create", "make a schedule of a shell task (or of any task, --task-json)")
+    c.add_argument("name", help="its name: letters, digits and _.:- (unique)")
+    when = c.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR",
+                      help="a cron expression: 5 fields, or 6 with seconds first")
+    when.add_argument("--every", type=_seconds, dest="every_s", metavar="SECONDS",
+                      help="fire every so many seconds (1 or more)")
+    c.add_argument("--timezone", metavar="TZ",
+                   help="the IANA time zone a cron expression is read in (default: UTC)")
+    what = c.add_mutually_exclusive_group(required=True)
+    what.add_argument("--command", dest="shell_command", metavar="COMMAND",
+                      help="the shell command each fire runs (by /bin/sh -c)")
+    what.add_argument("--task-json", type=_json_object, metavar="JSON",
+                      help="the task each fire makes, as a POST /v1/tasks body without "
+                           "run_at, of any kind")
+    c.add_argument("--region", help="run its tasks only in this region")
+    c.add_argument("--priority", type=int, help="higher runs first (default: 0)")
+    c.add_argument("--max-attempts", type=int,
+                   help="attempts before a task fails (default: 1)")
+    c.add_argument("--timeout", type=float, dest="timeout_s", metavar="SECONDS",
+                   help="each attempt's time limit (default: 3600)")
+    c.add_argument("--overlap", choices=("allow", "skip", "cancel_previous"),
+                   help="a fire while the previous task runs: runs too, is skipped, or "
+                        "cancels the previous one (default: allow)")
+    c.add_argument("--catchup", choices=("none", "all"),
+                   help="fires missed while the master was down: dropped or all made "
+                        "(default: none)")
+    c.add_argument("--start-at", metavar="T", help="ISO 8601 time of the first fire at the "
+                                                   "earliest (default: now)")
+    c.add_argument("--end-at", metavar="T", help="ISO 8601 time after which it fires no more")
+    c.add_argument("--paused", action="store_true", help="make it paused")
+    commands.add_api_flag(c)
+
+    ls = command("list", "list schedules: when each fires next, paused or not")
+    commands.add_api_flag(ls)
+    named("show", "show a schedule as JSON")
+    named("pause", "stop a schedule firing until resumed")
+    named("resume", "let a paused schedule fire again, from now on")
+    named("delete", "delete a schedule (the tasks it made stay)")
+    named("trigger", "fire a schedule now, once; prints the task's id")
+    f = named("fires", "a schedule's fires, newest first: outcome, task and its state")
+    f.add_argument("--limit", type=_positive, default=20, metavar="N",
+                   help="at most this many (default: 20)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser, subs = _build()
     args, extra = parser.parse_known_args(argv)
+    own = subs[_key(args)]
     if extra:  # told with the subcommand's own usage, not the top-level one
-        subs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        own.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        code = _dispatch(args, subs[args.command])
+        code = _dispatch(args, own)
     except StrataError as exc:
         print(f"strata: {exc}", file=sys.stderr)
         code = 2
@@ -116,6 +204,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 130
     sys.exit(code)
 
+
+def _key(args: argparse.Namespace) -> str:
+    """The (sub)command's key in the parsers of :func:`_build`: ``schedule create``."""
+    if args.command == "schedule":
+        return f"schedule {args.schedule_command}"
+    return str(args.command)
+
+
+SCHEDULE_COMMANDS = {
+    "create": commands.create_schedule, "list": commands.list_schedules,
+    "show": commands.show_schedule, "pause": commands.pause_schedule,
+    "resume": commands.resume_schedule, "delete": commands.delete_schedule,
+    "trigger": commands.trigger_schedule, "fires": commands.schedule_fires,
+}
 
 CLIENT_COMMANDS = {
     "submit": commands.submit, "status": commands.status, "list": commands.list_tasks,
@@ -136,6 +238,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: 
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command in CLIENT_COMMANDS:
         return asyncio.run(commands.run(args, CLIENT_COMMANDS[args.command]))
+    if args.command == "schedule":
+        return asyncio.run(commands.run(args, SCHEDULE_COMMANDS[args.schedule_command]))
     if args.command == "master":
         from strata.master import app as master_app
 

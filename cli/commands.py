@@ -1,6 +1,6 @@
 """The commands that talk to a running master over REST: submit, status, list, cancel,
-logs and retry. An answer the API refuses (a 4xx) is printed as ``strata: <message>``
-on stderr with exit code 1, as is a master that cannot be reached."""
+logs, retry, and ``schedule ...``. An answer the API refuses (a 4xx) is printed as
+``strata: <message>`` on stderr with exit code 1, as is a master that cannot be reached."""
 
 from __future__ import annotations
 
@@ -129,14 +129,17 @@ async def list_tasks(client: Client, args: argparse.Namespace) -> int:
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    table = [("ID", "STATE", "KIND", "REGION", "ATTEMPT", "CREATED")] + [
+    _print_table([("ID", "STATE", "KIND", "REGION", "ATTEMPT", "CREATED")] + [
         (t["id"], t["state"], t["kind"], t["region"] or "-", str(t["attempt"]),
-         _to_the_second(t["created_at"])) for t in rows]
+         _to_the_second(t["created_at"])) for t in rows])
+    return 0
+
+
+def _print_table(table: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip())
-    return 0
 
 
 def _to_the_second(stamp: str) -> str:
@@ -162,4 +165,99 @@ async def logs(client: Client, args: argparse.Namespace) -> int:
 async def retry(client: Client, args: argparse.Namespace) -> int:
     task = await client.retry(args.task_id)
     print(task["id"])
+    return 0
+
+
+# ---- strata schedule ... ---------------------------------------------------------------
+
+TASK_FLAGS = ("region", "priority", "max_attempts", "timeout_s")
+SCHEDULE_FLAGS = ("cron", "every_s", "timezone", "overlap", "catchup", "start_at", "end_at")
+
+
+def schedule_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``POST /v1/schedules`` body of ``strata schedule create``: a shell task of
+    --command, or --task-json's task, with the task flags given set on it."""
+    task: dict[str, Any] = (dict(args.task_json) if args.task_json is not None
+                            else {"kind": "shell", "command": args.shell_command})
+    task.update({k: getattr(args, k) for k in TASK_FLAGS if getattr(args, k) is not None})
+    body: dict[str, Any] = {"name": args.name, "task": task}
+    body.update({k: getattr(args, k) for k in SCHEDULE_FLAGS if getattr(args, k) is not None})
+    if args.paused:
+        body["paused"] = True
+    return body
+
+
+def _when(schedule: dict[str, Any]) -> str:
+    if schedule.get("cron"):
+        zone = schedule.get("timezone") or "UTC"
+        return f"{schedule['cron']}" + ("" if zone == "UTC" else f" ({zone})")
+    return f"every {schedule['every_s']:g}s"
+
+
+def _next_fire(schedule: dict[str, Any]) -> str:
+    if schedule["paused"]:
+        return "-"
+    return _to_the_second(schedule["next_fire_at"]) if schedule["next_fire_at"] else "none"
+
+
+def _schedule_line(schedule: dict[str, Any]) -> str:
+    """``nightly: paused`` or ``nightly: next fire 2030-01-01T03:00:00Z``."""
+    if schedule["paused"]:
+        return f"{schedule['name']}: paused"
+    if not schedule["next_fire_at"]:
+        return f"{schedule['name']}: fires no more (past its end_at)"
+    return f"{schedule['name']}: next fire {_to_the_second(schedule['next_fire_at'])}"
+
+
+async def create_schedule(client: Client, args: argparse.Namespace) -> int:
+    print(_schedule_line(await client.create_schedule(**schedule_body(args))))
+    return 0
+
+
+async def list_schedules(client: Client, args: argparse.Namespace) -> int:
+    _print_table([("NAME", "WHEN", "NEXT FIRE", "PAUSED", "OVERLAP")] + [
+        (s["name"], _when(s), _next_fire(s), "yes" if s["paused"] else "no", s["overlap"])
+        for s in await client.schedules()])
+    return 0
+
+
+async def show_schedule(client: Client, args: argparse.Namespace) -> int:
+    print(json.dumps(await client.schedule(args.name), indent=2))
+    return 0
+
+
+async def pause_schedule(client: Client, args: argparse.Namespace) -> int:
+    print(_schedule_line(await client.change_schedule(args.name, paused=True)))
+    return 0
+
+
+async def resume_schedule(client: Client, args: argparse.Namespace) -> int:
+    print(_schedule_line(await client.change_schedule(args.name, paused=False)))
+    return 0
+
+
+async def delete_schedule(client: Client, args: argparse.Namespace) -> int:
+    await client.delete_schedule(args.name)
+    print("deleted")
+    return 0
+
+
+async def trigger_schedule(client: Client, args: argparse.Namespace) -> int:
+    print((await client.trigger_schedule(args.name))["task_id"])
+    return 0
+
+
+async def schedule_fires(client: Client, args: argparse.Namespace) -> int:
+    fires: list[dict[str, Any]] = []
+    before: str | None = None
+    while len(fires) < args.limit:
+        page = await client.schedule_fires(args.name, limit=min(PAGE, args.limit - len(fires)),
+                                           before=before)
+        fires += page["fires"]
+        before = page["next_before"]
+        if before is None:
+            break
+    _print_table([("FIRE TIME", "OUTCOME", "TASK", "TASK STATE", "REASON")] + [
+        (_to_the_second(f["fire_time"]), f["outcome"], f["task_id"] or "-",
+         f["task_state"] or "-", f["reason"] or "-") for f in fires])
     return 0

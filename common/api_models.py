@@ -18,6 +18,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from strata.common.breaker import BreakerState
 from strata.common.models import MAX_BATCH, TaskState
+from strata.common.schedules import Catchup, Overlap
 
 AttemptOutcome = Literal[
     "succeeded", "failed", "timed_out", "reclaimed", "evicted", "returned", "cancelled",
@@ -260,3 +261,60 @@ class TaskEventData(_Reply):
     region: str | None
     worker_id: str | None
     at: datetime
+
+
+# ---- schedules (POST /v1/schedules and the routes under it) --------------------------
+
+FireOutcome = Literal["fired", "skipped_overlap", "missed"]
+
+
+class Schedule(_Reply):
+    """A schedule (``strata.master.control.schedule_json``): its spec, as stored, and
+    where it stands."""
+
+    name: str
+    cron: str | None = Field(description="null for an every_s schedule")
+    every_s: float | None = Field(description="null for a cron schedule")
+    timezone: str = Field(description="the IANA time zone its cron expression is read in")
+    task: dict[str, object] = Field(
+        description="the task each fire makes, as given (a POST /v1/tasks body without "
+                    "run_at or idempotency_key)")
+    overlap: Overlap
+    catchup: Catchup
+    start_at: datetime | None
+    end_at: datetime | None
+    paused: bool
+    next_fire_at: datetime | None = Field(
+        description="null when paused, or when no fire time is left before end_at")
+    last_task_id: uuid.UUID | None = Field(description="the task of its last fire")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ScheduleList(_Reply):
+    schedules: list[Schedule] = Field(description="by name")
+
+
+class Fired(_Reply):
+    """What ``POST /v1/schedules/{name}/trigger`` made: one fire, now."""
+
+    fire_time: datetime
+    task_id: uuid.UUID
+
+
+class Fire(_Reply):
+    """One fire time of a schedule and what became of it."""
+
+    fire_time: datetime
+    outcome: FireOutcome
+    reason: str | None
+    task_id: uuid.UUID | None = Field(description="the task it made; null unless fired")
+    task_state: TaskState | None = Field(
+        description="that task's state now; null without a task, or once it is deleted")
+    recorded_at: datetime
+
+
+class FirePage(_Reply):
+    fires: list[Fire] = Field(description="newest first")
+    next_before: datetime | None = Field(
+        description="the next page's `before`; null on the last page")

@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import aiohttp
 
@@ -45,6 +46,10 @@ def _raise_error(status: int, body: Any) -> NoReturn:
     if status == 400:
         raise InvalidInput(message)
     raise ApiError(status, code, message)
+
+
+def _schedule_path(name: str) -> str:
+    return "/v1/schedules/" + quote(name, safe="")
 
 
 class Client:
@@ -112,6 +117,42 @@ class Client:
 
     async def cancel(self, task_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", f"/v1/tasks/{task_id}/cancel")
+        return result
+
+    # ---- schedules ----------------------------------------------------------------
+
+    async def create_schedule(self, **spec: Any) -> dict[str, Any]:
+        """``POST /v1/schedules``; a name taken already is an :class:`ApiError` of 409."""
+        result: dict[str, Any] = await self.request("POST", "/v1/schedules", json=spec)
+        return result
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        return list((await self.request("GET", "/v1/schedules"))["schedules"])
+
+    async def schedule(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", _schedule_path(name))
+        return result
+
+    async def change_schedule(self, name: str, **changes: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("PATCH", _schedule_path(name),
+                                                    json=changes)
+        return result
+
+    async def delete_schedule(self, name: str) -> None:
+        await self.request("DELETE", _schedule_path(name))
+
+    async def trigger_schedule(self, name: str) -> dict[str, Any]:
+        """Fire it now: {"fire_time": ..., "task_id": ...}."""
+        result: dict[str, Any] = await self.request("POST", _schedule_path(name) + "/trigger")
+        return result
+
+    async def schedule_fires(self, name: str, *, limit: int | None = None,
+                             before: str | None = None) -> dict[str, Any]:
+        """One page, newest first: {"fires": [...], "next_before": ...}."""
+        params = {k: v for k, v in (("limit", None if limit is None else str(limit)),
+                                    ("before", before)) if v is not None}
+        result: dict[str, Any] = await self.request("GET", _schedule_path(name) + "/fires",
+                                                    params=params)
         return result
 
     async def stats(self) -> dict[str, Any]:

@@ -116,6 +116,7 @@ class NewTask(BaseModel):
     max_attempts: int
     timeout_s: float
     retry_of: uuid.UUID | None = None
+    schedule: str | None = None  # the schedule that fired it
     idempotency_key: str | None = None
     # What the client asked for, normalised (defaults filled in, run_at only as given):
     # a second create with the same key must ask for the same, or it is refused.
@@ -129,7 +130,7 @@ def _fingerprint(kind: str, payload: dict[str, Any], options: TaskOptions) -> st
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _error_text(exc: ValidationError) -> str:
+def error_text(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "body"
@@ -153,7 +154,7 @@ def parse_new_task(body: Any, *, now: datetime | None = None) -> NewTask:
         options = TaskOptions.model_validate(option_part)
         payload = PAYLOADS[kind].model_validate(kind_part)
     except ValidationError as exc:
-        raise InvalidInput(_error_text(exc)) from None
+        raise InvalidInput(error_text(exc)) from None
     dumped = payload.model_dump(mode="json")
     key = options.idempotency_key
     return NewTask(

@@ -82,6 +82,9 @@ class MasterSettings(_Base):
     retry_backoff_max: Seconds = Field(default=timedelta(minutes=5),
                                        description="longest wait before a retry, seconds")
     # A batch of ten thousand tasks is ten thousand events at once: room for a few.
+    retention: Seconds = Field(
+        default=timedelta(days=7), ge=timedelta(0),
+        description="seconds finished tasks (and their attempts) are kept; 0: forever")
     events_buffer: int = Field(
         default=50_000, ge=1, le=1_000_000,
         description="events a /v1/events subscriber may fall behind before it is dropped")

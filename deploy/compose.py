@@ -238,6 +238,9 @@ def _json_lines(items: list[dict[str, Any]]) -> str:
 
 def document(topology: Topology) -> dict[str, Node]:
     """The compose file as data (what :func:`render` writes out)."""
+    # The topology's [[schedules]] are not rendered: a compose file has no step that runs
+    # once the master is up to make them. They are applied by `strata up` only (or by
+    # `strata schedule create` against the deployment's API).
     proxies = _Proxies(topology)
     _validate(topology, proxies)
     services: dict[str, Node] = {"postgres": _postgres(), "master": _master(topology, proxies)}

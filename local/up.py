@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from strata.common.client import Client
+from strata.common.client import ApiError, Client
 from strata.common.errors import StrataError
 from strata.common.settings import UpSettings
 from strata.local import instance, launcher, ports
@@ -100,6 +100,38 @@ async def ensure_database(server_url: str, name: str) -> None:
         await conn.close()
 
 
+class ScheduleRefused(StrataError):
+    """The master refused a schedule of the topology."""
+
+    code = "schedule_refused"
+
+
+async def apply_schedules(client: Client, topology: Topology) -> list[str]:
+    """Make each schedule of the topology on the master; one of that name there already
+    is changed to the declared one (the file is the truth: a field left out is its
+    default again), except ``paused``, which it keeps unless the file says it. One line
+    a schedule, saying which it was."""
+    said: list[str] = []
+    for spec in topology.schedules:
+        body = spec.model_dump(mode="json")
+        try:
+            try:
+                await client.create_schedule(**body)
+                said.append(f"schedule {spec.name}: created")
+                continue
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+            changes = {k: v for k, v in body.items()
+                       if k != "name" and (k != "paused" or "paused" in spec.model_fields_set)}
+            await client.change_schedule(spec.name, **changes)
+            said.append(f"schedule {spec.name}: updated to the topology's")
+        except StrataError as exc:
+            raise ScheduleRefused(f"schedule {spec.name} of topology {topology.name!r}: "
+                                  f"{exc}") from exc
+    return said
+
+
 def listening_ports(topology: Topology) -> list[Port]:
     """The fixed ports the topology's processes listen on (workers take any free one)."""
     found = [Port(number=topology.master.http_port, what="the master's HTTP port"),
@@ -175,6 +207,9 @@ async def _run(topology: Topology, settings: UpSettings, api: str) -> int:
         await supervisor.start_tier(0, lambda: wait_ready(master_ready, "the master"))
         regions = "regions " + ", ".join(r.name for r in topology.regions)
         await supervisor.start_tier(1, lambda: wait_ready(regions_ready, regions))
+        # After the regions: a schedule whose task is pinned to one needs it known.
+        for line in await apply_schedules(client, topology):
+            supervisor.say(line)
         workers = f"{sum(r.workers for r in topology.regions)} workers"
         await supervisor.start_tier(2, lambda: wait_ready(workers_ready, workers))
         supervisor.say(

@@ -31,9 +31,10 @@ from strata.common.errors import (
 )
 from strata.common.kinds import KINDS
 from strata.common.models import TaskState, parse_batch, parse_new_task
+from strata.common.schedules import parse_schedule
 from strata.common.text import MAX_DEPTH, refuse_unstorable
 from strata.common.timeutil import as_utc, rfc3339, utcnow
-from strata.master.control import Control
+from strata.master.control import Control, schedule_json
 from strata.master.stream import Dropped, EventHub, Filter, Subscription
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,23 @@ def _cap_send_buffer(request: web.Request) -> None:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+
+
+def _limit(query: MultiMapping[str]) -> int:
+    try:
+        limit = int(query.get("limit", DEFAULT_PAGE))
+    except ValueError:
+        raise InvalidInput("limit: must be an integer") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+def _parse_time(text: str, name: str) -> datetime:
+    try:
+        return as_utc(datetime.fromisoformat(text))
+    except (ValueError, OverflowError):
+        raise InvalidInput(f"{name}: not an RFC 3339 date-time: {text!r}") from None
 
 
 def _task_id(text: str) -> uuid.UUID:
@@ -236,6 +254,13 @@ class Api:
         app.router.add_post("/v1/tasks/{id}/retry", self.retry_task)
         app.router.add_get("/v1/tasks/{id}/attempts", self.task_attempts)
         app.router.add_get("/v1/events", self.events)
+        app.router.add_post("/v1/schedules", self.create_schedule)
+        app.router.add_get("/v1/schedules", self.list_schedules)
+        app.router.add_get("/v1/schedules/{name}", self.get_schedule)
+        app.router.add_patch("/v1/schedules/{name}", self.change_schedule)
+        app.router.add_delete("/v1/schedules/{name}", self.delete_schedule)
+        app.router.add_post("/v1/schedules/{name}/trigger", self.trigger_schedule)
+        app.router.add_get("/v1/schedules/{name}/fires", self.schedule_fires)
         app.router.add_get("/v1/stats", self.stats)
         app.router.add_get("/v1/regions", self.regions)
         app.router.add_delete("/v1/regions/{name}", self.delete_region)
@@ -307,12 +332,7 @@ class Api:
                 f"state: unknown state {state!r}; expected one of "
                 + ", ".join(s.value for s in TaskState)
             )
-        try:
-            limit = int(query.get("limit", DEFAULT_PAGE))
-        except ValueError:
-            raise InvalidInput("limit: must be an integer") from None
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE}")
+        limit = _limit(query)
         kind = query.get("kind") or None
         if kind is not None and kind not in KINDS:
             raise InvalidInput(f"kind: unknown kind {kind!r}; expected one of "
@@ -393,6 +413,50 @@ class Api:
             # send, not a thousand.
             async with asyncio.timeout(SEND_TIMEOUT_S):
                 await response.write(b"".join(event.wire for event in batch))
+
+    # ---- schedules ------------------------------------------------------------------
+
+    async def create_schedule(self, request: web.Request) -> web.Response:
+        _query(request)
+        spec = parse_schedule(await _json_body(request))
+        return web.json_response(await self._control.create_schedule(spec), status=201)
+
+    async def list_schedules(self, request: web.Request) -> web.Response:
+        _query(request)
+        return web.json_response({"schedules": await self._control.schedules()})
+
+    async def get_schedule(self, request: web.Request) -> web.Response:
+        _query(request)
+        row = await self._control.schedule(request.match_info["name"])
+        return web.json_response(schedule_json(row))
+
+    async def change_schedule(self, request: web.Request) -> web.Response:
+        _query(request)
+        changes = await _json_body(request)
+        return web.json_response(
+            await self._control.change_schedule(request.match_info["name"], changes))
+
+    async def delete_schedule(self, request: web.Request) -> web.Response:
+        _query(request)
+        await self._control.delete_schedule(request.match_info["name"])
+        return web.Response(status=204)
+
+    async def trigger_schedule(self, request: web.Request) -> web.Response:
+        _query(request)
+        fired = await self._control.trigger_schedule(request.match_info["name"])
+        return web.json_response(fired, status=201)
+
+    async def schedule_fires(self, request: web.Request) -> web.Response:
+        query = _query(request, "limit", "before")
+        limit = _limit(query)
+        before_text = query.get("before") or None
+        before = _parse_time(before_text, "before") if before_text else None
+        fires = await self._control.schedule_fires(request.match_info["name"], before, limit)
+        # Newest first; the next page is the fires before the last one here.
+        return web.json_response({
+            "fires": fires,
+            "next_before": fires[-1]["fire_time"] if len(fires) == limit else None,
+        })
 
     async def cancel_task(self, request: web.Request) -> web.Response:
         _query(request)

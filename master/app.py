@@ -20,6 +20,7 @@ from strata.master.db import Database, wait_for_database
 from strata.master.metrics import MasterMetrics
 from strata.master.reclaimer import Reclaimer
 from strata.master.regions import RegionClients
+from strata.master.retention import Retention
 from strata.master.scanner import Scanner
 from strata.master.service import MasterService
 from strata.master.stream import EventHub
@@ -69,7 +70,8 @@ async def serve(settings: MasterSettings, stop: asyncio.Event | None = None) -> 
 
     events = EventHub(db, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
                       window=settings.events_window, buffer=settings.events_buffer)
-    api = Api(Control(db, regions, settings, metrics), events,
+    control = Control(db, regions, settings, metrics)
+    api = Api(control, events,
               keepalive_s=settings.events_keepalive.total_seconds())
     runner = ApiRunner(api.app(), access_log=None)
     await runner.setup()
@@ -80,6 +82,8 @@ async def serve(settings: MasterSettings, stop: asyncio.Event | None = None) -> 
     tasks.spawn("scanner", scanner.run())
     tasks.spawn("reclaimer", reclaimer.run())
     tasks.spawn("events", events.run())
+    tasks.spawn("scheduler", control.scheduler.run())
+    tasks.spawn("retention", Retention(db, settings, metrics).run())
     logger.info(
         "master ready: http://%s:%d grpc %s:%d", settings.http_host, settings.http_port,
         settings.grpc_host, settings.grpc_port,

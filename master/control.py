@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -14,11 +15,13 @@ from aiohttp import web
 from strata.common.errors import Conflict, InvalidInput, NotFound
 from strata.common.metrics import response, set_breakers
 from strata.common.models import NewTask, Task, TaskState
+from strata.common.schedules import TIMING_FIELDS, ScheduleSpec, patched
 from strata.common.settings import MasterSettings
 from strata.common.timeutil import from_unix, rfc3339, utcnow
-from strata.master.db import Attempt, Database, Inserted
+from strata.master.db import Attempt, Database, Fired, Inserted, ScheduleRow
 from strata.master.metrics import MasterMetrics
 from strata.master.regions import RegionClients
+from strata.master.schedules import Scheduler, first_fire, trigger_plan
 from strata.proto import strata_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -33,21 +36,20 @@ class Control:
         self._regions = regions
         self._settings = settings
         self.metrics = metrics or MasterMetrics()
+        self.scheduler = Scheduler(db, self.metrics, on_cancelled=self._stop_cancelled_soon)
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    def _stop_cancelled_soon(self, fired: Fired) -> None:
+        task = asyncio.get_running_loop().create_task(self.stop_cancelled(fired))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     async def create(self, tasks: Sequence[NewTask]) -> Inserted:
         """The one way tasks are created (single, batch, /schedule, retry): one INSERT
         that returns what the database chose, nothing read back, and the tasks that
         already had the idempotency keys asked for. A task pinned to a region nobody has
         heard of would wait forever: that is refused."""
-        pins = {t.region for t in tasks if t.region is not None}
-        if pins:
-            known = await self._db.region_names(self._settings.region_dead_after)
-            unknown = sorted(pins - known.keys())
-            if unknown:
-                raise InvalidInput(
-                    f"region: no region named {', '.join(map(repr, unknown))}; known regions: "
-                    + (", ".join(sorted(known)) or "none yet")
-                )
+        await self._known_regions([t.region for t in tasks])
         # Returns their created_at, the one value the database chose: a caller that
         # answers with whole tasks builds them with Task.created (a batch of ten
         # thousand answers with ids alone).
@@ -252,3 +254,102 @@ class Control:
 
     async def ping(self) -> None:
         await self._db.ping()
+
+    # ---- schedules ------------------------------------------------------------------
+
+    async def create_schedule(self, spec: ScheduleSpec) -> dict[str, Any]:
+        await self._known_regions([spec.task.get("region")])
+        now = utcnow()
+        row = await self._db.schedules.create(spec, first_fire(spec, now, now))
+        logger.info("schedule %s created", spec.name,
+                    extra={"action": "schedule_created", "schedule": spec.name})
+        self._scheduler_wake()
+        return schedule_json(row)
+
+    async def schedule(self, name: str) -> ScheduleRow:
+        row = await self._db.schedules.get(name)
+        if row is None:
+            raise NotFound(f"no schedule {name}")
+        return row
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        return [schedule_json(r) for r in await self._db.schedules.all()]
+
+    async def change_schedule(self, name: str, changes: Any) -> dict[str, Any]:
+        row = await self.schedule(name)
+        spec = patched(row.spec, changes)
+        await self._known_regions([spec.task.get("region")])
+        timing = TIMING_FIELDS | {"paused"}
+        next_fire_at = row.next_fire_at
+        if any(getattr(spec, f) != getattr(row.spec, f) for f in timing):
+            # When it fires changed (or it is resumed): from now on, by the new rule;
+            # the times it was paused over are not fires it missed.
+            now = utcnow()
+            next_fire_at = first_fire(spec, now, row.created_at)
+        updated = await self._db.schedules.update(spec, next_fire_at)
+        if updated is None:
+            raise NotFound(f"no schedule {name}")
+        self._scheduler_wake()
+        return schedule_json(updated)
+
+    async def delete_schedule(self, name: str) -> None:
+        if not await self._db.schedules.delete(name):
+            raise NotFound(f"no schedule {name}")
+        logger.info("schedule %s deleted", name,
+                    extra={"action": "schedule_deleted", "schedule": name})
+
+    async def trigger_schedule(self, name: str) -> dict[str, Any]:
+        await self.schedule(name)  # a 404 before anything is locked
+        fired = await self._db.schedules.fire(name, trigger_plan, lead_s=None)
+        if fired is None:
+            raise NotFound(f"no schedule {name}")
+        self.scheduler.account(fired)
+        if not fired.fires:
+            # A fire of this schedule at this very microsecond is recorded already.
+            raise Conflict(f"schedule {name} fired at that very time already: trigger again")
+        (fire,) = fired.fires
+        assert fire.task is not None
+        return {"fire_time": rfc3339(fire.fire_time), "task_id": str(fire.task.id)}
+
+    async def schedule_fires(self, name: str, before: datetime | None, limit: int
+                             ) -> list[dict[str, Any]]:
+        await self.schedule(name)
+        return [
+            {"fire_time": rfc3339(f["fire_time"]), "outcome": f["outcome"],
+             "reason": f["reason"],
+             "task_id": str(f["task_id"]) if f["task_id"] else None,
+             "task_state": f["task_state"], "recorded_at": rfc3339(f["recorded_at"])}
+            for f in await self._db.schedules.fires(name, before, limit)
+        ]
+
+    async def stop_cancelled(self, fired: Fired) -> None:
+        for task_id, outcome in fired.cancelled:
+            if outcome.previous_state in (TaskState.DISPATCHED, TaskState.RUNNING):
+                await self._stop_in_region(task_id, outcome.assigned_region, outcome.attempt)
+
+    async def _known_regions(self, pins: list[str | None]) -> None:
+        wanted = {p for p in pins if p is not None}
+        if not wanted:
+            return
+        known = await self._db.region_names(self._settings.region_dead_after)
+        unknown = sorted(wanted - known.keys())
+        if unknown:
+            raise InvalidInput(
+                f"region: no region named {', '.join(map(repr, unknown))}; known regions: "
+                + (", ".join(sorted(known)) or "none yet"))
+
+    def _scheduler_wake(self) -> None:
+        self.scheduler.wake()
+
+
+def schedule_json(row: ScheduleRow) -> dict[str, Any]:
+    out = row.spec.model_dump(mode="json")
+    out["start_at"] = rfc3339(row.spec.start_at)
+    out["end_at"] = rfc3339(row.spec.end_at)
+    out.update({
+        "next_fire_at": rfc3339(row.next_fire_at) if not row.spec.paused else None,
+        "last_task_id": str(row.last_task_id) if row.last_task_id else None,
+        "created_at": rfc3339(row.created_at),
+        "updated_at": rfc3339(row.updated_at),
+    })
+    return out

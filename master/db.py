@@ -21,6 +21,7 @@ from strata.common.errors import Conflict, DatabaseUnavailable
 from strata.common.events import Report, TaskRef
 from strata.common.models import NewTask, Task
 from strata.common.retry import Backoff, keep_trying, of_type
+from strata.common.schedules import ScheduleSpec
 from strata.common.status import RegionStatus, WorkerInfo
 from strata.common.timeutil import as_utc
 
@@ -31,6 +32,9 @@ EVENT_CHANNEL = "strata_events"  # task events: see migration 0008
 # Any constant works; it only has to be the same in every master.
 MIGRATION_LOCK_ID = 0x5157A7A0
 RECLAIMER_LOCK_ID = 0x5157A7A1
+RETENTION_LOCK_ID = 0x5157A7A2
+# What VACUUM runs over after retention removed rows (constants: never user input).
+TASK_TABLES = ("tasks", "attempts", "schedule_fires")
 # Claims read only tasks due within this: those due later wait in an index of their own
 # (one more write each, when the scanner promotes them this long before they are due).
 # Longer, fewer tasks pay that write; shorter, claims walk past fewer tasks not yet due.
@@ -76,25 +80,35 @@ def _migrations() -> list[tuple[int, str, str]]:
 Q = _load_queries()
 
 
-@dataclass(frozen=True, slots=True)
-class Start:
-    """An applied start, with what the hop histograms read."""
-
-    started_at: datetime
-    claimed_at: datetime | None
-    run_at: datetime
-    lost_at: datetime | None  # its last attempt was lost with its region or worker
-
-
 @dataclass(slots=True)
 class Applied:
-    """What a report changed."""
+    """What a report changed. Of the starts it applied, in seconds, as the statements
+    work them out (arrays, one row a statement: nothing per task to decode): claimed to
+    started (None where unknown), due to started, and from the death of the attempt
+    before to this start (only where there was one); the schedule of those a schedule
+    fired, with their lag from their fire time."""
 
     stale: list[TaskRef] = field(default_factory=list)
-    starts: list[Start] = field(default_factory=list)
     finished: dict[str, int] = field(default_factory=dict)  # by the state each was left in
     evicted: int = 0
     returned: int = 0
+    to_started: list[float | None] = field(default_factory=list)
+    due_to_started: list[float] = field(default_factory=list)
+    rescued: list[float] = field(default_factory=list)
+    schedules: list[str] = field(default_factory=list)
+    schedule_lags: list[float] = field(default_factory=list)
+
+    def add(self, row: Any) -> None:
+        """One statement's row (mark_started, mark_finished)."""
+        self.stale += [TaskRef(str(i), a)
+                       for i, a in zip(row["stale_ids"], row["stale_attempts"], strict=True)]
+        if row["states"] is not None:
+            self.finished.update(zip(row["states"], row["counts"], strict=True))
+        self.to_started += row["to_started"]
+        self.due_to_started += row["due_to_started"]
+        self.rescued += row["rescued"]
+        self.schedules += row["schedules"]
+        self.schedule_lags += row["schedule_lags"]
 
 
 def _rows(status: str) -> int:
@@ -236,6 +250,7 @@ class Database:
     def __init__(self, pool: asyncpg.Pool, planned_pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._planned_pool = planned_pool
+        self.schedules = Schedules(pool)
 
     @classmethod
     async def connect(
@@ -368,20 +383,11 @@ class Database:
         """Insert in one statement. A task whose idempotency key another task has is not
         inserted: that task is returned instead, if it was asked for the same way;
         otherwise nothing is written and Conflict is raised."""
-        columns = (
-            [t.id for t in tasks],
-            [t.kind for t in tasks],
-            [json.dumps(t.payload) for t in tasks],
-            [t.priority for t in tasks],
-            [t.run_at for t in tasks],
-            [t.region for t in tasks],
-            [t.max_attempts for t in tasks],
-            [t.timeout_s for t in tasks],
-            [t.retry_of for t in tasks],
-        )
+        columns = _task_columns(tasks)
         horizon = CLAIM_HORIZON.total_seconds()
         if all(t.idempotency_key is None for t in tasks):
-            created_at = await self._pool.fetchval(Q["insert_tasks"], *columns, horizon)
+            created_at = await self._pool.fetchval(
+                Q["insert_tasks"], *columns, horizon, [t.schedule for t in tasks])
             return Inserted(created_at=created_at, existing={})
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
@@ -466,7 +472,6 @@ class Database:
         finished, each only while its attempt still matches the row. The stale ones
         (attempts no longer owned) are counted against the region."""
         applied = Applied()
-        stale = applied.stale
         async with self._pool.acquire() as conn, conn.transaction():
             if returned := report.returned:
                 applied.returned = _rows(await conn.execute(
@@ -482,19 +487,13 @@ class Database:
                     report.region,
                 ))
             if started := report.started:
-                rows = await conn.fetch(
+                applied.add(await conn.fetchrow(
                     Q["mark_started"],
                     [e.id for e in started], [e.attempt for e in started],
                     [e.worker_id for e in started], [e.started_at for e in started],
-                )
-                for r in rows:
-                    if r["stale"]:
-                        stale.append(TaskRef(str(r["id"]), r["attempt"]))
-                    else:
-                        applied.starts.append(Start(r["started_at"], r["claimed_at"],
-                                                    r["run_at"], r["lost_at"]))
+                ))
             if finished := report.finished:
-                rows = await conn.fetch(
+                applied.add(await conn.fetchrow(
                     Q["mark_finished"],
                     [e.id for e in finished], [e.attempt for e in finished],
                     [e.ok for e in finished], [e.worker_id for e in finished],
@@ -507,17 +506,9 @@ class Database:
                     [e.killed_processes for e in finished],
                     [e.timed_out for e in finished], report.region,
                     [e.start_unreported for e in finished],
-                )
-                for r in rows:
-                    if r["kind"] == "stale":
-                        stale.append(TaskRef(str(r["id"]), r["attempt"]))
-                    elif r["kind"] == "count":
-                        applied.finished[r["state"]] = r["attempt"]
-                    else:
-                        applied.starts.append(Start(r["started_at"], r["claimed_at"],
-                                                    r["run_at"], r["lost_at"]))
-            if stale:
-                await conn.execute(Q["count_stale"], report.region, len(stale))
+                ))
+            if applied.stale:
+                await conn.execute(Q["count_stale"], report.region, len(applied.stale))
         return applied
 
     @_wrap
@@ -561,6 +552,32 @@ class Database:
             previous_state=row["state"], assigned_region=row["assigned_region"],
             attempt=row["attempt"], cancelled=row["cancelled"],
         )
+
+    @_wrap
+    async def remove_finished(self, before: datetime, limit: int) -> int:
+        """Remove up to ``limit`` tasks of each final state that finished before
+        ``before``, with their attempts; how many went."""
+        removed: int = await self._planned_pool.fetchval(Q["remove_finished"], before, limit)
+        return removed
+
+    @_wrap
+    async def remove_old_fires(self, before: datetime, limit: int) -> int:
+        return _rows(await self._pool.execute(Q["remove_old_fires"], before, limit))
+
+    @_wrap
+    async def vacuum_task_tables(self) -> None:
+        """Make the space of removed rows reusable (no lock that blocks writes)."""
+        async with self._pool.acquire() as conn:
+            for table in TASK_TABLES:
+                await conn.execute(f"VACUUM (ANALYZE) {table}")
+
+    @_wrap
+    async def table_bytes(self) -> dict[str, int]:
+        """Each task table's size on disk, with its indexes and TOAST."""
+        rows = await self._pool.fetch(
+            "SELECT t, pg_total_relation_size(t::regclass) AS n FROM unnest($1::text[]) AS t",
+            list(TASK_TABLES))
+        return {r["t"]: r["n"] for r in rows}
 
     @_wrap
     async def counts_by_state(self) -> dict[str, int]:
@@ -630,6 +647,171 @@ class Database:
             )
             for r in rows
         ]
+
+# ---- schedules -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRow:
+    spec: ScheduleSpec
+    next_fire_at: datetime | None
+    last_task_id: uuid.UUID | None
+    last_task_state: str | None
+    created_at: datetime
+    updated_at: datetime
+    now: datetime | None = None  # the database's clock, when the row was locked
+
+
+def _schedule(row: Any) -> ScheduleRow:
+    spec = ScheduleSpec.model_validate({
+        "name": row["name"], "cron": row["cron"], "every_s": row["every_s"],
+        "timezone": row["timezone"], "task": json.loads(row["task"]),
+        "overlap": row["overlap"], "catchup": row["catchup"], "start_at": row["start_at"],
+        "end_at": row["end_at"], "paused": row["paused"],
+    })
+    keys = row.keys()
+    return ScheduleRow(
+        spec=spec, next_fire_at=row["next_fire_at"], last_task_id=row["last_task_id"],
+        last_task_state=row["last_task_state"] if "last_task_state" in keys else None,
+        created_at=row["created_at"], updated_at=row["updated_at"],
+        now=row["now"] if "now" in keys else None,
+    )
+
+
+def _schedule_args(spec: ScheduleSpec) -> tuple[Any, ...]:
+    return (spec.name, spec.cron, spec.every_s, spec.timezone, json.dumps(spec.task),
+            spec.overlap, spec.catchup, spec.start_at, spec.end_at, spec.paused)
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    """One fire time of a schedule and what became of it (a task only when fired)."""
+
+    fire_time: datetime
+    outcome: str  # fired, skipped_overlap, missed
+    reason: str | None = None
+    task: NewTask | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirePlan:
+    fires: list[Fire]
+    next_fire_at: datetime | None  # the first time not accounted for (None: no more)
+    cancel: list[uuid.UUID] = field(default_factory=list)  # overlap: cancel_previous
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fired:
+    """What one pass over a schedule recorded (fires another master had recorded first
+    are left out) and the tasks it cancelled (with where they ran)."""
+
+    schedule: ScheduleRow
+    fires: list[Fire]
+    cancelled: list[tuple[uuid.UUID, CancelOutcome]]
+    next_fire_at: datetime | None
+
+
+class Schedules:
+    """The schedules' tables, on the master's database."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @_wrap
+    async def create(self, spec: ScheduleSpec, next_fire_at: datetime | None) -> ScheduleRow:
+        row = await self._pool.fetchrow(Q["insert_schedule"], *_schedule_args(spec),
+                                        next_fire_at)
+        if row is None:
+            raise Conflict(f"a schedule named {spec.name!r} exists already")
+        return _schedule(row)
+
+    @_wrap
+    async def update(self, spec: ScheduleSpec, next_fire_at: datetime | None
+                     ) -> ScheduleRow | None:
+        row = await self._pool.fetchrow(Q["update_schedule"], *_schedule_args(spec),
+                                        next_fire_at)
+        return _schedule(row) if row is not None else None
+
+    @_wrap
+    async def get(self, name: str) -> ScheduleRow | None:
+        row = await self._pool.fetchrow(Q["get_schedule"], name)
+        return _schedule(row) if row is not None else None
+
+    @_wrap
+    async def all(self) -> list[ScheduleRow]:
+        return [_schedule(r) for r in await self._pool.fetch(Q["list_schedules"])]
+
+    @_wrap
+    async def delete(self, name: str) -> bool:
+        status = await self._pool.execute("DELETE FROM schedules WHERE name = $1", name)
+        return _rows(status) == 1
+
+    @_wrap
+    async def fires(self, name: str, before: datetime | None, limit: int
+                    ) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._pool.fetch(Q["list_fires"], name, before, limit)]
+
+    @_wrap
+    async def due(self, lead_s: float, limit: int) -> list[tuple[str, datetime, bool, bool]]:
+        """The schedules soonest to fire: (name, next fire time, whether it fires
+        ``lead_s`` ahead, whether it is due)."""
+        rows = await self._pool.fetch(Q["due_schedules"], lead_s, limit)
+        return [(r["name"], r["next_fire_at"], r["ahead"], r["due"]) for r in rows]
+
+    @_wrap
+    async def fire(self, name: str, plan: Callable[[ScheduleRow], FirePlan], *,
+                   lead_s: float | None) -> Fired | None:
+        """Fire the schedule, in one transaction that holds its row: ``plan`` says which
+        fires to record (and their tasks), the fires' key makes each one happen once
+        whatever else runs, and the tasks are inserted with them. ``lead_s`` None: fire
+        it whatever its next fire time (a trigger), waiting for another master's pass;
+        else only if due within ``lead_s`` and no other master holds it (None back)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if lead_s is None:
+                row = await conn.fetchrow(Q["lock_schedule"], name)
+            else:
+                row = await conn.fetchrow(Q["lock_due_schedule"], name, lead_s)
+            if row is None:
+                return None
+            schedule = _schedule(row)
+            fire_plan = plan(schedule)
+            fires = fire_plan.fires
+            recorded = await conn.fetch(
+                Q["record_fires"], name, [f.fire_time for f in fires],
+                [f.outcome for f in fires], [f.reason for f in fires],
+                [f.task.id if f.task is not None else None for f in fires])
+            got = {r["fire_time"] for r in recorded}
+            kept = [f for f in fires if f.fire_time in got]
+            tasks = [f.task for f in kept if f.task is not None]
+            if tasks:
+                await conn.fetchval(Q["insert_tasks"], *_task_columns(tasks),
+                                    CLAIM_HORIZON.total_seconds(), [name] * len(tasks))
+            cancelled = []
+            for task_id in fire_plan.cancel:
+                outcome = await conn.fetchrow(Q["cancel_task"], task_id)
+                if outcome is not None and outcome["cancelled"]:
+                    cancelled.append((task_id, CancelOutcome(
+                        previous_state=outcome["state"],
+                        assigned_region=outcome["assigned_region"],
+                        attempt=outcome["attempt"], cancelled=True)))
+            await conn.execute(Q["advance_schedule"], name, fire_plan.next_fire_at,
+                               tasks[-1].id if tasks else None)
+        return Fired(schedule=schedule, fires=kept, cancelled=cancelled,
+                     next_fire_at=fire_plan.next_fire_at)
+
+
+def _task_columns(tasks: Sequence[NewTask]) -> tuple[list[Any], ...]:
+    return (
+        [t.id for t in tasks],
+        [t.kind for t in tasks],
+        [json.dumps(t.payload) for t in tasks],
+        [t.priority for t in tasks],
+        [t.run_at for t in tasks],
+        [t.region for t in tasks],
+        [t.max_attempts for t in tasks],
+        [t.timeout_s for t in tasks],
+        [t.retry_of for t in tasks],
+    )
 
 
 async def wait_for_database(dsn: str, *, within_s: float = 30.0) -> None:

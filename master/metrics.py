@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
 from strata.common import metrics
 from strata.common.events import Report
@@ -135,18 +135,29 @@ class MasterMetrics:
                                     "Tasks running on the region's workers", ["region"],
                                     registry=r)
         self.breaker_open = metrics.breaker_gauge(r)
-        self.hop = Histogram(
+        self.hop = metrics.Histograms(
             "strata_task_hop_seconds",
             "Time a task spends in each hop: due_to_claimed (due until the master claimed "
             "it), claimed_to_started (claimed until its worker started it), "
             "started_to_finished (its run), finished_to_recorded (its end until the master "
             "stored it)",
             ["hop", "region"], buckets=metrics.HOP_BUCKETS, registry=r)
-        self.rescue = Histogram(
+        self._rescue = metrics.Histograms(
             "strata_task_rescue_seconds",
             "From the death of a task's region (its last heartbeat) or worker (found dead "
-            "by its region) to the task running again elsewhere",
+            "by its region) to the task running again elsewhere", [],
             buckets=RESCUE_BUCKETS, registry=r)
+        self.rescue = self._rescue.labels()
+        self.schedule_fires = Counter(
+            "strata_schedule_fires",
+            "Fire times of each schedule accounted for by this master, by outcome: fired, "
+            "skipped_overlap, missed", ["schedule", "outcome"], registry=r)
+        self.schedule_lag = metrics.Histograms(
+            "strata_schedule_lag_seconds",
+            "From a schedule's fire time to its task's start", ["schedule"],
+            buckets=metrics.HOP_BUCKETS, registry=r)
+        self.removed = Counter("strata_tasks_removed",
+                               "Finished tasks removed by retention", registry=r)
         self.event_subscribers = Gauge("strata_event_subscribers",
                                        "Clients of this master's /v1/events", registry=r)
         self.recent = Recent()
@@ -161,16 +172,17 @@ class MasterMetrics:
 
     def applied(self, report: Report, applied: Applied) -> None:
         region = report.region
-        if applied.starts:
+        if applied.to_started:
+            # Clocks of different hosts: a small negative difference is a zero.
             to_started = self.hop.labels("claimed_to_started", region)
-            due_to_started = []
-            for s in applied.starts:
-                if s.claimed_at is not None:
-                    to_started.observe(_seconds(s.started_at, s.claimed_at))
-                if s.lost_at is not None:
-                    self.rescue.observe(_seconds(s.started_at, s.lost_at))
-                due_to_started.append(_seconds(s.started_at, s.run_at))
-            self.recent.started(due_to_started)
+            for value in applied.to_started:
+                if value is not None:
+                    to_started.observe(max(0.0, value))
+            self.recent.started([max(0.0, v) for v in applied.due_to_started])
+            for value in applied.rescued:
+                self.rescue.observe(max(0.0, value))
+            for name, lag in zip(applied.schedules, applied.schedule_lags, strict=True):
+                self.schedule_lag.labels(name).observe(max(0.0, lag))
         if report.finished:
             now = utcnow()
             run = self.hop.labels("started_to_finished", region)

@@ -4,12 +4,15 @@ Built from the models the API validates with, so it cannot drift from them: a ta
 is what ``parse_new_task`` takes (the kind's payload fields, the options every kind
 shares, and ``kind``), one schema per kind, merged from the JSON schemas of
 ``TaskOptions`` and ``PAYLOADS[kind]``; the responses are the models of
-``strata.common.api_models``, which the tests hold every response to.
+``strata.common.api_models``, which the tests hold every response to. A schedule's body
+is ``ScheduleSpec``'s schema, its ``task`` a task body without ``run_at`` or
+``idempotency_key``; a change to one is the same fields but its name, all optional.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -18,6 +21,7 @@ from pydantic import BaseModel
 from strata.common import api_models as am
 from strata.common.kinds import PAYLOADS
 from strata.common.models import MAX_BATCH, OPTION_FIELDS, TaskOptions
+from strata.common.schedules import PATCHABLE, ScheduleSpec
 from strata.master.api import DEFAULT_PAGE, MAX_BODY, MAX_PAGE
 
 OPENAPI_VERSION = "3.1.0"
@@ -33,7 +37,8 @@ Schema = dict[str, Any]
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     am.Error, am.TaskOut, am.TaskDetail, am.BatchCreated, am.TaskPage, am.Attempts,
     am.Stats, am.Regions, am.Workers, am.Health, am.Ready, am.ScheduleReply,
-    am.StatusReply, am.TaskEventData,
+    am.StatusReply, am.TaskEventData, am.Schedule, am.ScheduleList, am.Fired, am.Fire,
+    am.FirePage,
 )
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (am.ScheduleRequest,)
 
@@ -88,6 +93,78 @@ def task_body_schema(kind: str, components: _Components) -> Schema:
     }
 
 
+# What a schedule's task may not name: each fire is due at its fire time, made once.
+SCHEDULED_TASK_OMITS = ("run_at", "idempotency_key")
+
+
+def scheduled_task_schema_name(kind: str) -> str:
+    return f"Scheduled{task_schema_name(kind)}"
+
+
+def scheduled_task_schema(kind: str, components: _Components) -> Schema:
+    """A schedule's ``task``: the task body of ``kind`` without SCHEDULED_TASK_OMITS."""
+    body = task_body_schema(kind, components)
+    return {
+        **body,
+        "title": scheduled_task_schema_name(kind),
+        "description": f"{body['description']} Without "
+                       f"{' or '.join(SCHEDULED_TASK_OMITS)}.",
+        "properties": {name: schema for name, schema in body["properties"].items()
+                       if name not in SCHEDULED_TASK_OMITS},
+        "required": [name for name in body["required"] if name not in SCHEDULED_TASK_OMITS],
+    }
+
+
+def _union(title: str, description: str, name: Callable[[str], str]) -> Schema:
+    """One of the kinds' schemas (named by ``name(kind)``), told apart by ``kind``."""
+    return {
+        "title": title, "description": description,
+        "oneOf": [ref(name(kind)) for kind in PAYLOADS],
+        "discriminator": {"propertyName": "kind", "mapping": {
+            kind: REF.format(model=name(kind)) for kind in PAYLOADS}},
+    }
+
+
+SCHEDULED_TASK = {
+    **ref("ScheduledTaskBody"),
+    "description": "the task each fire makes: a POST /v1/tasks body without run_at or "
+                   "idempotency_key (each fire's task is due at its fire time)",
+}
+
+
+def schedule_spec_schema(components: _Components) -> Schema:
+    """``POST /v1/schedules``' body: ScheduleSpec's schema, its ``task`` (validated as a
+    task body, a dict to pydantic) the schema of what it is validated as."""
+    schema = components.model(ScheduleSpec)
+    schema["properties"]["task"] = SCHEDULED_TASK
+    return schema
+
+
+def schedule_change_schema(spec: Schema) -> Schema:
+    """``PATCH /v1/schedules/{name}``'s body (``strata.common.schedules.patched``): any of
+    the spec's fields but its name, none with a default (absent is unchanged). Naming
+    cron drops every_s and the other way round, so naming both (or neither, as null)
+    leaves a schedule with two ways to fire, or none."""
+    properties = {}
+    for name in sorted(PATCHABLE, key=list(spec["properties"]).index):
+        field = dict(spec["properties"][name])
+        field.pop("default", None)
+        properties[name] = field
+    both = {"required": ["cron", "every_s"]}
+    return {
+        "title": "ScheduleChange",
+        "description": "What to change: any of a schedule's fields but its name.",
+        "type": "object",
+        "properties": properties,
+        "minProperties": 1,
+        "additionalProperties": False,
+        "not": {"anyOf": [
+            {**both, "properties": {"cron": {"type": "string"}, "every_s": {"type": "number"}}},
+            {**both, "properties": {"cron": {"type": "null"}, "every_s": {"type": "null"}}},
+        ]},
+    }
+
+
 def _error(description: str, *, retry_after: bool = False) -> Schema:
     response: Schema = {"description": description, "content": {JSON: {"schema": ref("Error")}}}
     if retry_after:
@@ -101,7 +178,7 @@ def _error(description: str, *, retry_after: bool = False) -> Schema:
 ERRORS: dict[str, Schema] = {
     "400": _error("Invalid input: a malformed or mistyped body, an unknown or repeated "
                   "query parameter, text PostgreSQL cannot store."),
-    "404": _error("No such task or region."),
+    "404": _error("No such task, region or schedule."),
     "409": _error("The object's state forbids it."),
     "413": _error(f"A body over {MAX_BODY} bytes."),
     "503": _error("The database cannot be reached.", retry_after=True),
@@ -124,6 +201,17 @@ def _responses(ok: dict[str, Schema], *errors: str) -> Schema:
 def _link(operation: str, **parameters: str) -> Schema:
     return {"operationId": operation, "parameters": parameters}
 
+
+SCHEDULE_NAME = {"name": "name", "in": "path", "required": True,
+                 "schema": {"type": "string"}, "description": "a schedule's name"}
+_BY_NAME = "$response.body#/name"
+SCHEDULE_LINKS = {
+    "GetSchedule": _link("getSchedule", name=_BY_NAME),
+    "ChangeSchedule": _link("changeSchedule", name=_BY_NAME),
+    "DeleteSchedule": _link("deleteSchedule", name=_BY_NAME),
+    "TriggerSchedule": _link("triggerSchedule", name=_BY_NAME),
+    "ScheduleFires": _link("scheduleFires", name=_BY_NAME),
+}
 
 TASK_ID = {"name": "id", "in": "path", "required": True,
            "schema": {"type": "string", "format": "uuid"}, "description": "a task's id"}
@@ -255,6 +343,73 @@ def _paths() -> Schema:
                 }},
             }}, "400", "503"),
         }},
+        "/v1/schedules": {
+            "post": {
+                "operationId": "createSchedule", "tags": ["schedules"],
+                "summary": "Create a schedule: a task made at each fire time",
+                "requestBody": _body(ref("ScheduleSpec")),
+                "responses": _responses(
+                    {"201": _json("Created.", "Schedule", links=SCHEDULE_LINKS),
+                     "409": _error("A schedule of that name exists.")},
+                    "400", "413", "503"),
+            },
+            "get": {
+                "operationId": "listSchedules", "tags": ["schedules"],
+                "summary": "Every schedule, by name",
+                "responses": _responses({"200": _json("The schedules.", "ScheduleList", links={
+                    "GetSchedule": _link("getSchedule", name="$response.body#/schedules/0/name"),
+                })}, "400", "503"),
+            },
+        },
+        "/v1/schedules/{name}": {
+            "get": {
+                "operationId": "getSchedule", "tags": ["schedules"], "summary": "A schedule",
+                "parameters": [SCHEDULE_NAME],
+                "responses": _responses({"200": _json("The schedule.", "Schedule")},
+                                        "400", "404", "503"),
+            },
+            "patch": {
+                "operationId": "changeSchedule", "tags": ["schedules"],
+                "summary": "Change a schedule: when it fires from now on, or what",
+                "description": "A change to when it fires (or resuming it) counts its fire "
+                               "times anew from now: the times it was paused over are not "
+                               "missed fires.",
+                "parameters": [SCHEDULE_NAME],
+                "requestBody": _body(ref("ScheduleChange")),
+                "responses": _responses({"200": _json("The schedule, changed.", "Schedule")},
+                                        "400", "404", "413", "503"),
+            },
+            "delete": {
+                "operationId": "deleteSchedule", "tags": ["schedules"],
+                "summary": "Delete a schedule and its fires (not the tasks it made)",
+                "parameters": [SCHEDULE_NAME],
+                "responses": _responses({"204": {"description": "Deleted."}},
+                                        "400", "404", "503"),
+            },
+        },
+        "/v1/schedules/{name}/trigger": {"post": {
+            "operationId": "triggerSchedule", "tags": ["schedules"],
+            "summary": "Fire a schedule now, whatever its overlap; its own times unchanged",
+            "parameters": [SCHEDULE_NAME],
+            "responses": _responses({"201": _json("Fired.", "Fired", links={
+                "GetTask": _link("getTask", id="$response.body#/task_id"),
+            })}, "400", "404", "503"),
+        }},
+        "/v1/schedules/{name}/fires": {"get": {
+            "operationId": "scheduleFires", "tags": ["schedules"],
+            "summary": "A schedule's fire times and what became of each, newest first",
+            "parameters": [
+                SCHEDULE_NAME,
+                query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                                "default": DEFAULT_PAGE}, "fires per page"),
+                query("before", or_empty({"type": "string", "format": "date-time"}),
+                      "only fire times before it: a previous page's next_before"),
+            ],
+            "responses": _responses({"200": _json("A page of fires.", "FirePage", links={
+                "NextPage": _link("scheduleFires", name="$request.path.name",
+                                  before="$response.body#/next_before"),
+            })}, "400", "404", "503"),
+        }},
         "/v1/stats": {"get": {
             "operationId": "stats", "tags": ["cluster"], "summary": "The master's figures",
             "responses": _responses({"200": _json("Its figures.", "Stats")}, "400", "503"),
@@ -328,13 +483,16 @@ def document() -> Schema:
     components = _Components()
     for kind in PAYLOADS:
         components.add(task_schema_name(kind), task_body_schema(kind, components))
-    components.add("TaskBody", {
-        "title": "TaskBody",
-        "description": "A task: `kind` says which of these it is.",
-        "oneOf": [ref(task_schema_name(kind)) for kind in PAYLOADS],
-        "discriminator": {"propertyName": "kind", "mapping": {
-            kind: REF.format(model=task_schema_name(kind)) for kind in PAYLOADS}},
-    })
+    components.add("TaskBody", _union(
+        "TaskBody", "A task: `kind` says which of these it is.", task_schema_name))
+    for kind in PAYLOADS:
+        components.add(scheduled_task_schema_name(kind), scheduled_task_schema(kind, components))
+    components.add("ScheduledTaskBody", _union(
+        "ScheduledTaskBody", "A schedule's task: `kind` says which of these it is.",
+        scheduled_task_schema_name))
+    spec = schedule_spec_schema(components)
+    components.add("ScheduleSpec", spec)
+    components.add("ScheduleChange", schedule_change_schema(spec))
     components.add("TaskBatch", {
         "title": "TaskBatch", "type": "object",
         "properties": {"tasks": {"type": "array", "items": ref("TaskBody"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -83,7 +82,9 @@ def split_events(region: str, events: list[pb.TaskEvent]) -> Report:
                 output=_text(e.output), error=_text(e.error), stderr=_text(e.stderr),
                 output_truncated=e.output_truncated, stderr_truncated=e.stderr_truncated,
                 killed_processes=e.killed_processes, timed_out=e.timed_out,
-                start_unreported=e.start_unreported,
+                # Its start came in this batch too (applied from the result, below), or
+                # its worker never sent it: the master learns of the start from this.
+                start_unreported=e.start_unreported or ref in started,
             )
         elif e.type == pb.EVENT_TYPE_RETURNED:
             returned.append(ref)
@@ -92,9 +93,6 @@ def split_events(region: str, events: list[pb.TaskEvent]) -> Report:
                                    reason=_text(e.error) or "its worker died"))
     done = finished.keys() | set(returned)
     only_started = [s for ref, s in started.items() if ref not in done]
-    for ref in started.keys() & finished.keys():
-        # Its start is learnt from its result, as if the worker had sent only that.
-        finished[ref] = dataclasses.replace(finished[ref], start_unreported=True)
     return Report(region=region, started=only_started, finished=list(finished.values()),
                   returned=returned, evicted=evicted)
 

@@ -11,11 +11,12 @@
 -- ($10 seconds) is near at once; the scanner promotes the others ahead of their time.
 WITH inserted AS (
     INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s,
-                       retry_of, near)
+                       retry_of, schedule, near)
     SELECT u.*, u.run_at <= now() + $10::float8 * interval '1 second'
     FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
-                $6::text[], $7::int[], $8::float8[], $9::uuid[])
-        AS u (id, kind, payload, priority, run_at, region, max_attempts, timeout_s, retry_of)
+                $6::text[], $7::int[], $8::float8[], $9::uuid[], $11::text[])
+        AS u (id, kind, payload, priority, run_at, region, max_attempts, timeout_s, retry_of,
+              schedule)
     RETURNING created_at
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
@@ -185,13 +186,26 @@ WITH e AS (
     SET state = 'running', started_at = e.started_at, worker_id = e.worker_id
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
-    RETURNING t.id, t.claimed_at, t.run_at, t.lost_at
+    RETURNING t.id, t.claimed_at, t.run_at, t.lost_at, t.schedule
 )
--- Every start: stale (the attempt is no longer owned), or applied, with what the hop
--- histograms need.
-SELECT e.id, e.attempt, u.id IS NULL AS stale, e.started_at, u.claimed_at, u.run_at,
-       u.lost_at
-FROM e LEFT JOIN updated AS u ON u.id = e.id;
+, hops AS (
+    SELECT date_part('epoch', e.started_at - u.claimed_at) AS to_started,
+           date_part('epoch', e.started_at - u.run_at) AS due_to_started,
+           date_part('epoch', e.started_at - u.lost_at) AS rescued, u.schedule
+    FROM updated AS u JOIN e ON e.id = u.id
+)
+-- One row: the stale starts (attempts no longer owned), and what the hop histograms
+-- need of the applied ones, in seconds (see Database.apply_report).
+SELECT ARRAY (SELECT e.id FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id))
+           AS stale_ids,
+       ARRAY (SELECT e.attempt FROM e
+              WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id)) AS stale_attempts,
+       NULL::text[] AS states, NULL::int[] AS counts,
+       ARRAY (SELECT to_started FROM hops) AS to_started,
+       ARRAY (SELECT due_to_started FROM hops) AS due_to_started,
+       ARRAY (SELECT rescued FROM hops WHERE rescued IS NOT NULL) AS rescued,
+       ARRAY (SELECT schedule FROM hops WHERE schedule IS NOT NULL) AS schedules,
+       ARRAY (SELECT due_to_started FROM hops WHERE schedule IS NOT NULL) AS schedule_lags;
 
 -- name: mark_finished
 -- A failure with attempts left goes back to pending with an exponential backoff;
@@ -236,7 +250,7 @@ WITH e AS (
                        THEN t.lost_at END
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
-    RETURNING t.id, t.state, t.claimed_at, t.run_at, t.lost_at
+    RETURNING t.id, t.state, t.claimed_at, t.run_at, t.lost_at, t.schedule
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
     SELECT u.state, pg_backend_pid() % 16, count(*) FROM updated AS u
@@ -261,19 +275,26 @@ WITH e AS (
            s.exit_code
     FROM stale AS s WHERE EXISTS (SELECT 1 FROM tasks WHERE id = s.id)
 )
--- The stale events; how many were applied, by the state they left the task in (in
--- attempt); and the starts known only from their results, for the hop histograms (of a
--- task going back to pending, run_at is already its retry's).
-SELECT 'stale' AS kind, id, attempt, NULL::text AS state, NULL::timestamptz AS started_at,
-       NULL::timestamptz AS claimed_at, NULL::timestamptz AS run_at,
-       NULL::timestamptz AS lost_at
-FROM stale
-UNION ALL
-SELECT 'count', NULL, count(*)::int, state, NULL, NULL, NULL, NULL FROM updated GROUP BY state
-UNION ALL
-SELECT 'start', u.id, NULL, u.state, e.started_at, u.claimed_at, u.run_at, u.lost_at
-FROM updated AS u JOIN e ON e.id = u.id
-WHERE e.start_unreported AND e.started_at IS NOT NULL AND u.state <> 'pending';
+-- One row: the stale events; how many were applied, by the state they left the task in;
+-- and of the starts known only from their results, what the hop histograms need, in
+-- seconds (of a task going back to pending, run_at is already its retry's: left out).
+, hops AS (
+    SELECT date_part('epoch', e.started_at - u.claimed_at) AS to_started,
+           date_part('epoch', e.started_at - u.run_at) AS due_to_started,
+           date_part('epoch', e.started_at - u.lost_at) AS rescued, u.schedule
+    FROM updated AS u JOIN e ON e.id = u.id
+    WHERE e.start_unreported AND e.started_at IS NOT NULL AND u.state <> 'pending'
+), counts AS (
+    SELECT state, count(*)::int AS n FROM updated GROUP BY state
+)
+SELECT ARRAY (SELECT id FROM stale) AS stale_ids,
+       ARRAY (SELECT attempt FROM stale) AS stale_attempts,
+       ARRAY (SELECT state FROM counts) AS states, ARRAY (SELECT n FROM counts) AS counts,
+       ARRAY (SELECT to_started FROM hops) AS to_started,
+       ARRAY (SELECT due_to_started FROM hops) AS due_to_started,
+       ARRAY (SELECT rescued FROM hops WHERE rescued IS NOT NULL) AS rescued,
+       ARRAY (SELECT schedule FROM hops WHERE schedule IS NOT NULL) AS schedules,
+       ARRAY (SELECT due_to_started FROM hops WHERE schedule IS NOT NULL) AS schedule_lags;
 
 -- name: mark_evicted
 -- Attempts whose worker $3 died; the region ($5) runs them again on another of its
@@ -505,3 +526,107 @@ FROM r;
 INSERT INTO event_listeners (master, until)
 VALUES ($1, now() + $2::float8 * interval '1 second')
 ON CONFLICT (master) DO UPDATE SET until = excluded.until;
+
+-- name: insert_schedule
+INSERT INTO schedules (name, cron, every_s, timezone, task, overlap, catchup, start_at,
+                       end_at, paused, next_fire_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (name) DO NOTHING
+RETURNING *;
+
+-- name: update_schedule
+UPDATE schedules
+SET cron = $2, every_s = $3, timezone = $4, task = $5::jsonb, overlap = $6, catchup = $7,
+    start_at = $8, end_at = $9, paused = $10, next_fire_at = $11, updated_at = now()
+WHERE name = $1
+RETURNING *;
+
+-- name: get_schedule
+SELECT * FROM schedules WHERE name = $1;
+
+-- name: list_schedules
+SELECT * FROM schedules ORDER BY name;
+
+-- name: due_schedules
+-- The schedules soonest to fire, and whether each is due: at its fire time, or $1
+-- seconds before when its runs may overlap (its task is made ahead, due at that time).
+SELECT name, next_fire_at, overlap = 'allow' AS ahead,
+       next_fire_at <= clock_timestamp()
+           + CASE WHEN overlap = 'allow' THEN $1::float8 ELSE 0 END * interval '1 second'
+       AS due
+FROM schedules
+WHERE NOT paused AND next_fire_at IS NOT NULL
+ORDER BY next_fire_at
+LIMIT $2;
+
+-- name: lock_due_schedule
+-- The schedule, if it is due and no other master is firing it now; with the state of
+-- its last fire's task, and the time by the database's clock.
+SELECT s.*, t.state AS last_task_state, clock_timestamp() AS now
+FROM schedules AS s LEFT JOIN tasks AS t ON t.id = s.last_task_id
+WHERE s.name = $1 AND NOT s.paused AND s.next_fire_at IS NOT NULL
+  AND s.next_fire_at <= clock_timestamp()
+      + CASE WHEN s.overlap = 'allow' THEN $2::float8 ELSE 0 END * interval '1 second'
+FOR UPDATE OF s SKIP LOCKED;
+
+-- name: lock_schedule
+SELECT s.*, t.state AS last_task_state, clock_timestamp() AS now
+FROM schedules AS s LEFT JOIN tasks AS t ON t.id = s.last_task_id
+WHERE s.name = $1
+FOR UPDATE OF s;
+
+-- name: record_fires
+-- The fires not yet recorded: a (schedule, fire_time) another master recorded first is
+-- left as it is, and its task is not made again.
+INSERT INTO schedule_fires (schedule, fire_time, outcome, reason, task_id)
+SELECT $1, f.* FROM unnest($2::timestamptz[], $3::text[], $4::text[], $5::uuid[])
+    AS f (fire_time, outcome, reason, task_id)
+ON CONFLICT (schedule, fire_time) DO NOTHING
+RETURNING fire_time, task_id;
+
+-- name: advance_schedule
+UPDATE schedules
+SET next_fire_at = $2, last_task_id = coalesce($3, last_task_id)
+WHERE name = $1;
+
+-- name: list_fires
+SELECT f.fire_time, f.outcome, f.reason, f.task_id, f.recorded_at, t.state AS task_state
+FROM schedule_fires AS f LEFT JOIN tasks AS t ON t.id = f.task_id
+WHERE f.schedule = $1 AND f.fire_time < coalesce($2::timestamptz, 'infinity')
+ORDER BY f.fire_time DESC
+LIMIT $3;
+
+-- name: remove_finished
+-- Tasks that finished before $1, at most $2 of each final state, with their attempts,
+-- taken off the counts. Found by (state, created_at), an index listings need anyway: a
+-- task is made before it finishes, and the few made before the cutoff that finished
+-- after it are passed over by the filter. Rows another statement holds are skipped,
+-- never waited for.
+WITH old_succeeded AS (
+    SELECT id FROM tasks WHERE state = 'succeeded' AND created_at < $1 AND finished_at < $1
+    ORDER BY state, created_at LIMIT $2 FOR UPDATE SKIP LOCKED
+), old_failed AS (
+    SELECT id FROM tasks WHERE state = 'failed' AND created_at < $1 AND finished_at < $1
+    ORDER BY state, created_at LIMIT $2 FOR UPDATE SKIP LOCKED
+), old_cancelled AS (
+    SELECT id FROM tasks WHERE state = 'cancelled' AND created_at < $1 AND finished_at < $1
+    ORDER BY state, created_at LIMIT $2 FOR UPDATE SKIP LOCKED
+), old AS (
+    SELECT id FROM old_succeeded UNION ALL SELECT id FROM old_failed
+    UNION ALL SELECT id FROM old_cancelled
+), removed AS (
+    DELETE FROM tasks AS t USING old WHERE t.id = old.id
+    RETURNING t.id, t.state
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT state, pg_backend_pid() % 16, -count(*) FROM removed GROUP BY state
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+), histories AS (
+    DELETE FROM attempts WHERE task_id IN (SELECT id FROM removed)
+)
+SELECT count(*) FROM removed;
+
+-- name: remove_old_fires
+-- Fire records kept as long as the tasks they made.
+DELETE FROM schedule_fires
+WHERE ctid IN (SELECT ctid FROM schedule_fires WHERE fire_time < $1 LIMIT $2);

@@ -1,5 +1,6 @@
-"""Topology files: which regions exist, their ports, their workers. One file drives
-both ``strata up`` (local processes) and ``strata compose`` (a compose file)."""
+"""Topology files: which regions exist, their ports, their workers, and the schedules
+to keep on the master. One file drives both ``strata up`` (local processes; it also
+applies the schedules) and ``strata compose`` (a compose file, without the schedules)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,21 @@ import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from strata.common.errors import ConfigError
+from strata.common.errors import ConfigError, InvalidInput
 from strata.common.models import REGION_NAME_PATTERN
+from strata.common.schedules import ScheduleSpec, parse_schedule
 from strata.common.settings import MasterSettings, RegionalSettings, WorkerSettings
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent
@@ -61,11 +71,27 @@ class RegionSpec(_Strict):
         return _known(value, REGION_SETTINGS, "a region or its workers")
 
 
+def _schedule(value: Any) -> ScheduleSpec:
+    """A ``[[schedules]]`` table: a ``POST /v1/schedules`` body, checked as the master
+    checks one (TOML's own date-times are taken for start_at and end_at too)."""
+    if isinstance(value, ScheduleSpec):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("a schedule must be a table ([[schedules]])")
+    try:
+        return parse_schedule(value)
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+
+
 class Topology(_Strict):
     name: str
     master: MasterSpec = MasterSpec()
     settings: dict[str, Scalar] = Field(default_factory=dict)
     regions: list[RegionSpec] = Field(min_length=1)
+    # Made (or changed to match) on the master by ``strata up`` once it is ready.
+    schedules: list[Annotated[ScheduleSpec, BeforeValidator(_schedule)]] = Field(
+        default_factory=list)
 
     @field_validator("settings")
     @classmethod
@@ -83,6 +109,15 @@ class Topology(_Strict):
         clash = sorted({p for p in ports if ports.count(p) > 1})
         if clash:
             raise ValueError(f"ports must be unique; repeated: {', '.join(map(str, clash))}")
+        schedules = [s.name for s in self.schedules]
+        dupes = sorted({n for n in schedules if schedules.count(n) > 1})
+        if dupes:
+            raise ValueError(f"schedule names must be unique; repeated: {', '.join(dupes)}")
+        for s in self.schedules:
+            region = s.task.get("region")
+            if region is not None and region not in names:
+                raise ValueError(f"schedule {s.name}: task.region: no region named "
+                                 f"{region!r} in this topology; its regions: {', '.join(names)}")
         return self
 
 

@@ -13,6 +13,13 @@ and nothing else: every check stays on, for every case.
   their own (else 400). Neither is a property of the one value a schema describes, so a
   case generated as valid gets the region the test registered and keys made distinct.
   A case generated as invalid is left exactly as generated.
+- A schedule's ``cron`` must be a cron expression and its ``timezone`` an IANA time zone
+  (the schema says strings: which strings, only cronsim and tzdata know); a valid case
+  gets one of a few real ones, chosen by the generated text. Its ``end_at`` must come
+  after its ``start_at``: a valid case has the two in order. A change is checked with the
+  schedule it changes, which no schema of the change can see: a valid one that names one
+  bound names the other too (as null), and one that names one way to fire as null names
+  the other way.
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ from schemathesis.core.parameters import ParameterLocation
 
 KNOWN_REGION = os.environ.get("STRATA_TEST_REGION", "eu")
 CREATES = {"POST /v1/tasks", "POST /v1/tasks/batch"}
+SCHEDULES = {"POST /v1/schedules", "PATCH /v1/schedules/{name}"}
+CRONS = ("* * * * *", "*/5 * * * *", "0 9 * * 1-5", "30 2 * * *", "0 0 1 * *",
+         "*/10 * * * * *", "15 3 29 2 *")
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe",
+         "Pacific/Kiritimati", "Etc/GMT+12", "Asia/Kathmandu")
 
 
 def _cursor(created_at: datetime, task_id: uuid.UUID) -> str:
@@ -70,14 +82,47 @@ def _repair(task: Any, index: int) -> None:
         task["idempotency_key"] = f"{key[:190]}#{index}"
 
 
+def _pick(choices: tuple[str, ...], generated: str) -> str:
+    return choices[sum(map(ord, generated)) % len(choices)]
+
+
+def _repair_schedule(body: Any, change: bool) -> None:
+    if not isinstance(body, dict):
+        return
+    if isinstance(body.get("cron"), str):
+        body["cron"] = _pick(CRONS, body["cron"])
+    if isinstance(body.get("timezone"), str):
+        body["timezone"] = _pick(ZONES, body["timezone"])
+    _repair(body.get("task"), -1)
+    if change:
+        for bound, other in (("start_at", "end_at"), ("end_at", "start_at")):
+            if bound in body and other not in body:
+                body[other] = None
+        if "cron" in body and body["cron"] is None and "every_s" not in body:
+            body["every_s"] = 60.0
+        if "every_s" in body and body["every_s"] is None and "cron" not in body:
+            body["cron"] = CRONS[0]
+    start, end = body.get("start_at"), body.get("end_at")
+    if isinstance(start, str) and isinstance(end, str):
+        first, last = sorted((start, end), key=datetime.fromisoformat)
+        if datetime.fromisoformat(first) == datetime.fromisoformat(last):
+            body["end_at"] = None
+        else:
+            body["start_at"], body["end_at"] = first, last
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     meta = case.meta
-    if meta is None or case.operation.label not in CREATES:
+    label = case.operation.label
+    if meta is None or label not in CREATES | SCHEDULES:
         return
     if meta.is_negative_at(ParameterLocation.BODY):
         return
     body = case.body
+    if label in SCHEDULES:
+        _repair_schedule(body, change=label.startswith("PATCH"))
+        return
     if case.operation.label == "POST /v1/tasks":
         _repair(body, -1)
     elif isinstance(body, dict) and isinstance(body.get("tasks"), list):

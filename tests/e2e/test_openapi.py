@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 REGION = "eu"
-# Per operation and phase; about 45 s in all on two cores. Raise it (or change the seed)
+# Per operation and phase; about 50 s in all on two cores. Raise it (or change the seed)
 # to look further: STRATA_SCHEMATHESIS_EXAMPLES=500 STRATA_SCHEMATHESIS_SEED=7.
 MAX_EXAMPLES = int(os.environ.get("STRATA_SCHEMATHESIS_EXAMPLES", "50"))
 SEED = int(os.environ.get("STRATA_SCHEMATHESIS_SEED", "20240601"))

@@ -28,11 +28,18 @@ from strata.common.models import (
     TaskState,
     parse_new_task,
 )
+from strata.common.schedules import PATCHABLE, ScheduleSpec
 from strata.common.settings import MasterSettings
 from strata.master.api import LIST_PARAMETERS, Api
-from strata.master.control import Control
-from strata.master.db import Attempt, Database
-from strata.master.openapi import REF, document, task_schema_name
+from strata.master.control import Control, schedule_json
+from strata.master.db import Attempt, Database, ScheduleRow
+from strata.master.openapi import (
+    REF,
+    SCHEDULED_TASK_OMITS,
+    document,
+    scheduled_task_schema_name,
+    task_schema_name,
+)
 from strata.master.regions import RegionClients
 
 pytestmark = pytest.mark.integration
@@ -150,6 +157,80 @@ def test_the_query_parameters_are_those_the_handlers_take() -> None:
     assert names("/v1/events") == ["task", "state", "region"]
     assert names("/status") == names("/status/") == ["task_id"]
     assert names("/v1/stats") == []
+    assert names("/v1/schedules/{name}/fires") == ["limit", "before"]
+    assert names("/v1/schedules") == []
+
+
+def test_a_schedule_is_the_spec_its_task_a_task_body_without_run_at_or_key() -> None:
+    schemas = document()["components"]["schemas"]
+    spec = schema_of(ScheduleSpec)
+    # pydantic sees a dict, which the spec validates as a task body: the document says which.
+    assert spec["properties"]["task"] == {"additionalProperties": True, "title": "Task",
+                                          "type": "object"}
+    task = schemas["ScheduleSpec"]["properties"]["task"]
+    assert task["$ref"] == REF.format(model="ScheduledTaskBody")
+    assert schemas["ScheduleSpec"] == {**spec, "properties": {**spec["properties"],
+                                                              "task": task}}
+    assert len(spec["oneOf"]) == 2  # cron or every_s
+    # Its bounds as JSON Schema says them (pydantic wrote "ge"/"le", which it ignores).
+    assert spec["properties"]["every_s"]["anyOf"][0] == {
+        "type": "number", "minimum": 1.0, "maximum": 366 * 86400.0}
+    for kind in PAYLOADS:
+        body, scheduled = schemas[task_schema_name(kind)], \
+            schemas[scheduled_task_schema_name(kind)]
+        assert scheduled["properties"] == {
+            name: schema for name, schema in body["properties"].items()
+            if name not in SCHEDULED_TASK_OMITS}
+        assert scheduled["required"] == body["required"]
+        assert scheduled["additionalProperties"] is False
+    union = schemas["ScheduledTaskBody"]
+    assert union["oneOf"] == [{"$ref": REF.format(model=scheduled_task_schema_name(k))}
+                              for k in PAYLOADS]
+    # A change: any field but the name, none required, no default (absent: unchanged).
+    change = schemas["ScheduleChange"]
+    assert set(change["properties"]) == PATCHABLE == set(spec["properties"]) - {"name"}
+    assert "required" not in change and change["additionalProperties"] is False
+    for name, schema in change["properties"].items():
+        assert schema == {k: v for k, v in schemas["ScheduleSpec"]["properties"][name].items()
+                          if k != "default"}, name
+    paths = document()["paths"]
+    for path, method, model in (("/v1/schedules", "post", "ScheduleSpec"),
+                                ("/v1/schedules/{name}", "patch", "ScheduleChange")):
+        content = paths[path][method]["requestBody"]["content"]["application/json"]
+        assert content["schema"] == {"$ref": REF.format(model=model)}
+
+
+async def test_the_schedule_models_have_the_fields_the_handlers_write(client: Client) -> None:
+    assert set(am.Schedule.model_fields) - {"next_fire_at", "last_task_id", "created_at",
+                                            "updated_at"} == set(ScheduleSpec.model_fields)
+    now = datetime.now(UTC)
+    for body in ({"name": "a", "every_s": 60, "task": {"kind": "noop"}},
+                 {"name": "b", "cron": "0 9 * * 1-5", "timezone": "Europe/Berlin",
+                  "task": {"kind": "shell", "command": "true", "priority": 2},
+                  "overlap": "skip", "catchup": "all", "start_at": "2030-01-01T00:00:00Z",
+                  "end_at": "2031-01-01T00:00:00+02:00", "paused": True}):
+        row = ScheduleRow(spec=ScheduleSpec.model_validate(body), next_fire_at=now,
+                          last_task_id=None, last_task_state=None, created_at=now,
+                          updated_at=now)
+        out = schedule_json(row)
+        am.Schedule.model_validate(out)
+        assert set(out) == set(am.Schedule.model_fields)
+        status, made = await post(client, "/v1/schedules", body)
+        assert status == 201, made
+        am.Schedule.model_validate(made)
+    response = await client.get("/v1/schedules")
+    assert len(am.ScheduleList.model_validate(await response.json()).schedules) == 2
+    response = await client.post("/v1/schedules/a/trigger")
+    assert response.status == 201
+    fired = am.Fired.model_validate(await response.json())
+    response = await client.get("/v1/schedules/a/fires?limit=1")
+    page = am.FirePage.model_validate(await response.json())
+    assert [f.task_id for f in page.fires] == [fired.task_id]
+    assert page.next_before == fired.fire_time  # a full page: there may be more
+    assert set(page.fires[0].model_dump()) == set(am.Fire.model_fields)
+    response = await client.get("/v1/schedules/b/fires")
+    assert am.FirePage.model_validate(await response.json()) == am.FirePage(
+        fires=[], next_before=None)
 
 
 def test_the_response_models_have_the_fields_the_handlers_write() -> None:
