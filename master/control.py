@@ -263,7 +263,7 @@ class Control:
         row = await self._db.schedules.create(spec, first_fire(spec, now, now))
         logger.info("schedule %s created", spec.name,
                     extra={"action": "schedule_created", "schedule": spec.name})
-        self._scheduler_wake()
+        self.scheduler.wake()
         return schedule_json(row)
 
     async def schedule(self, name: str) -> ScheduleRow:
@@ -289,7 +289,7 @@ class Control:
         updated = await self._db.schedules.update(spec, next_fire_at)
         if updated is None:
             raise NotFound(f"no schedule {name}")
-        self._scheduler_wake()
+        self.scheduler.wake()
         return schedule_json(updated)
 
     async def delete_schedule(self, name: str) -> None:
@@ -299,7 +299,6 @@ class Control:
                     extra={"action": "schedule_deleted", "schedule": name})
 
     async def trigger_schedule(self, name: str) -> dict[str, Any]:
-        await self.schedule(name)  # a 404 before anything is locked
         fired = await self._db.schedules.fire(name, trigger_plan, lead_s=None)
         if fired is None:
             raise NotFound(f"no schedule {name}")
@@ -337,9 +336,6 @@ class Control:
             raise InvalidInput(
                 f"region: no region named {', '.join(map(repr, unknown))}; known regions: "
                 + (", ".join(sorted(known)) or "none yet"))
-
-    def _scheduler_wake(self) -> None:
-        self.scheduler.wake()
 
 
 def schedule_json(row: ScheduleRow) -> dict[str, Any]:

@@ -572,14 +572,6 @@ class Database:
                 await conn.execute(f"VACUUM (ANALYZE) {table}")
 
     @_wrap
-    async def table_bytes(self) -> dict[str, int]:
-        """Each task table's size on disk, with its indexes and TOAST."""
-        rows = await self._pool.fetch(
-            "SELECT t, pg_total_relation_size(t::regclass) AS n FROM unnest($1::text[]) AS t",
-            list(TASK_TABLES))
-        return {r["t"]: r["n"] for r in rows}
-
-    @_wrap
     async def counts_by_state(self) -> dict[str, int]:
         rows = await self._pool.fetch(Q["count_by_state"])
         return {r["state"]: r["n"] for r in rows}

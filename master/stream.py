@@ -212,12 +212,9 @@ class EventHub:
                 and time.monotonic() - self._last_left > self._linger_s)
 
     def close(self, reason: str) -> None:
-        """End every stream (the master is stopping)."""
-        self._break(reason)
-
-    def _break(self, reason: str) -> None:
-        """The stream has a gap: every subscriber is told and let go; a resume across the
-        gap finds its id gone from the ring and is told it missed events."""
+        """End every stream (the master is stopping, or the stream has a gap): every
+        subscriber is told and let go; a resume across the gap finds its id gone from
+        the ring and is told it missed events."""
         self._ready.clear()
         self._ring.clear()
         for sub in tuple(self._subscribers):
@@ -236,7 +233,7 @@ class EventHub:
                     try:
                         await self._listen()
                     except DatabaseUnavailable:
-                        self._break("the master lost its link to the database")
+                        self.close("the master lost its link to the database")
                         raise
                     finally:
                         with contextlib.suppress(StrataError):

@@ -187,8 +187,9 @@ WITH e AS (
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
     RETURNING t.id, t.claimed_at, t.run_at, t.lost_at, t.schedule
-)
-, hops AS (
+), stale AS (
+    SELECT e.id, e.attempt FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id)
+), hops AS (
     SELECT date_part('epoch', e.started_at - u.claimed_at) AS to_started,
            date_part('epoch', e.started_at - u.run_at) AS due_to_started,
            date_part('epoch', e.started_at - u.lost_at) AS rescued, u.schedule
@@ -196,10 +197,8 @@ WITH e AS (
 )
 -- One row: the stale starts (attempts no longer owned), and what the hop histograms
 -- need of the applied ones, in seconds (see Database.apply_report).
-SELECT ARRAY (SELECT e.id FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id))
-           AS stale_ids,
-       ARRAY (SELECT e.attempt FROM e
-              WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id)) AS stale_attempts,
+SELECT ARRAY (SELECT id FROM stale) AS stale_ids,
+       ARRAY (SELECT attempt FROM stale) AS stale_attempts,
        NULL::text[] AS states, NULL::int[] AS counts,
        ARRAY (SELECT to_started FROM hops) AS to_started,
        ARRAY (SELECT due_to_started FROM hops) AS due_to_started,
