@@ -6,7 +6,7 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN useradd --create-home --shell /usr/sbin/nologin strata
+RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin strata
 
 COPY . /src
 RUN pip install --no-cache-dir /src && rm -rf /src

@@ -10,10 +10,14 @@ TOXIPROXY_VERSION ?= v2.12.0
 TOXIPROXY_MODULE := github.com/Shopify/toxiproxy/v2
 TOXIPROXY := bin/toxiproxy-server
 
-.PHONY: test install toxiproxy lint typecheck imports unit integration e2e chaos proto bench
+.PHONY: test install bench-install toxiproxy lint typecheck imports unit integration e2e chaos proto bench
 
 install:
 	$(PIP) install -q -e '.[test]' --config-settings editable_mode=strict
+
+# The benchmarks also need pgqueuer (bench.versus_pgqueuer runs it beside Strata).
+bench-install:
+	$(PIP) install -q -e '.[test,bench]' --config-settings editable_mode=strict
 
 # Reinstalls when the pin changes. CGO off: a static binary, and no C compiler needed.
 # Optimisations off (-N -l): on a cold build cache that cuts the build (mostly the
@@ -56,5 +60,5 @@ proto:
 	$(PYTHON) -m strata.proto.generate
 
 # Every benchmark, one at a time (minutes; BENCH_ARGS=--quick for a smoke run of each).
-bench: install toxiproxy
+bench: bench-install toxiproxy
 	$(PYTHON) -m bench.run $(BENCH_ARGS)

@@ -1,10 +1,20 @@
-"""Core-path figures on this machine: 1 master, 2 regions x 2 workers, real processes.
+"""Core-path figures on this machine: 1 master, 2 regions x 2 workers (or what the
+flags say), real processes.
 
 - ingest: tasks/s accepted by POST /v1/tasks/batch (10,000 per call)
 - throughput: noop tasks/s from a backlog that comes due at one instant, to all succeeded
 - latency: due -> started p50/p99 at a light steady load (tasks due the moment they are sent)
 
-Run: python -m bench.core_path [--backlog 50000] [--concurrency 32] [--durable]
+Run: python -m bench.core_path [--backlog 50000] [--concurrency 32] [--durable] [--tls]
+     [--regions 2] [--workers-per-region 2] [--slots 256] [--masters 1]
+
+``--slots``: the total capacity, spread evenly over every worker (instead of
+``--concurrency`` per worker), to compare topologies of equal capacity.
+``--masters``: masters on the one database; region i talks to master i mod M first and
+lists the others after it.
+
+``--tls``: mutual TLS on every gRPC link and HTTPS for the API, to compare with a run
+without it.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import psutil
 
-from bench.postgres import throwaway_postgres
+from bench.postgres import create_database, throwaway_postgres
 from strata.common.client import Client
 from strata.local.cluster import Cluster, wait_until
 from strata.local.postgres import EmbeddedPostgres
@@ -125,22 +135,33 @@ async def _subscribed(c: Client) -> bool:
 
 async def main(args: argparse.Namespace) -> None:
     async with throwaway_postgres("strata-bench-", fast=not args.durable) as (home, pg):
-        conn = await asyncpg.connect(pg.url)
-        await conn.execute("CREATE DATABASE bench")
-        await conn.close()
-        url = pg.url_for("bench")
-        cluster = Cluster(workdir=home, database_url=url,
+        url = await create_database(pg)
+        cluster = Cluster(workdir=home, database_url=url, tls=args.tls,
                           env={"STRATA_LOG_LEVEL": "WARNING", "STRATA_HEARTBEAT_INTERVAL": "1",
                                "STRATA_WORKER_DEAD_AFTER": "3", "STRATA_REGION_DEAD_AFTER": "5"})
+        workers = args.regions * args.workers_per_region
+        concurrency = args.slots // workers if args.slots else args.concurrency
         try:
+            masters = ["master", *(f"master-{m}" for m in range(2, args.masters + 1))]
             await cluster.start_master()
-            for region in ("r1", "r2"):
-                await cluster.start_region(region)
-                for w in (1, 2):
+            for master in masters[1:]:
+                await cluster.start_master(master)
+            for i in range(args.regions):
+                region = f"r{i + 1}"
+                first = i % len(masters)
+                if len(masters) == 1:
+                    await cluster.start_region(region)
+                else:
+                    await cluster.start_region(
+                        region, masters=masters[first:] + masters[:first])
+                for w in range(1, args.workers_per_region + 1):
                     await cluster.start_worker(region, f"{region}-w{w}",
-                                               concurrency=args.concurrency)
-            print(f"cluster: 1 master, 2 regions x 2 workers, concurrency {args.concurrency}"
-                  f" per worker, PostgreSQL {'durable' if args.durable else 'fsync off'}")
+                                               concurrency=concurrency)
+            print(f"cluster: {args.masters} master(s), {args.regions} regions x "
+                  f"{args.workers_per_region} workers, concurrency {concurrency} per worker "
+                  f"({workers * concurrency} slots), "
+                  f"PostgreSQL {'durable' if args.durable else 'fsync off'}, "
+                  f"mutual TLS {'on' if args.tls else 'off'}")
 
             watcher = asyncio.create_task(watch(cluster)) if args.watch else None
             if watcher is not None:
@@ -181,11 +202,18 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--backlog", type=int, default=50_000)
-    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--concurrency", type=int, default=32, help="slots per worker")
+    p.add_argument("--regions", type=int, default=2)
+    p.add_argument("--workers-per-region", type=int, default=2)
+    p.add_argument("--slots", type=int, default=0,
+                   help="total slots, spread evenly over the workers (0: --concurrency each)")
+    p.add_argument("--masters", type=int, default=1)
     p.add_argument("--rate", type=float, default=50)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--lead", type=float, default=20, help="seconds until the backlog is due")
     p.add_argument("--durable", action="store_true", help="fsync on (production settings)")
+    p.add_argument("--tls", action="store_true",
+                   help="mutual TLS on every link and HTTPS for the API")
     p.add_argument("--watch", action="store_true",
                    help="a client follows every change on /v1/events throughout")
     asyncio.run(main(p.parse_args()))

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
+
 from strata.local.postgres import EmbeddedPostgres, free_port
 
 
@@ -30,3 +32,13 @@ async def throwaway_postgres(prefix: str, *, fast: bool = True
     finally:
         await asyncio.to_thread(pg.stop)
         shutil.rmtree(home, ignore_errors=True)
+
+
+async def create_database(pg: EmbeddedPostgres, name: str = "bench") -> str:
+    """A new empty database on ``pg``; its URL."""
+    conn = await asyncpg.connect(pg.url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return pg.url_for(name)

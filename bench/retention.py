@@ -15,7 +15,7 @@ import time
 
 import asyncpg
 
-from bench.postgres import throwaway_postgres
+from bench.postgres import create_database, throwaway_postgres
 from strata.local.cluster import Cluster
 
 BATCH = 5_000
@@ -37,10 +37,7 @@ async def counts(conn: asyncpg.Connection) -> dict[str, int]:
 
 async def main(args: argparse.Namespace) -> None:
     async with throwaway_postgres("strata-bench-retention-") as (home, pg):
-        conn = await asyncpg.connect(pg.url)
-        await conn.execute("CREATE DATABASE bench")
-        await conn.close()
-        url = pg.url_for("bench")
+        url = await create_database(pg)
         cluster = Cluster(workdir=home, database_url=url, env={
             "STRATA_LOG_LEVEL": "WARNING", "STRATA_RETENTION": str(args.retention)})
         try:

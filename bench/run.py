@@ -10,6 +10,20 @@ bench.<name>``): its figures as they come, prefixed with its name, then a summar
 - schedules: fire lag (fire time -> task started) of schedules firing every second
 - retention: a million tasks through a two-minute retention: the task tables' size on
   disk over time
+- workflows: a 10,000-task chain and fan-out/fan-in, and a backlog over concurrency
+  keys, beside a plain backlog on the same cluster; the claim alone, keyed and not
+- sdk_latency: submit -> succeeded of one noop task at a time through the Python SDK
+  (``submit`` then ``wait`` on the event stream), async and sync clients: p50/p90/p99
+- many_regions: a real master against 10, 100 and 1,000 simulated regions of 100
+  simulated workers: its CPU per region heartbeat (idle) and per dispatched task (load)
+- auth_flood: a good client's p50/p99 alone and while another address floods the master
+  with wrong API tokens (which it refuses with 429 once past their burst)
+- pgqueuer_drain: pgqueuer's drain rate alone: a backlog of no-op jobs, 2 consumer
+  processes (needs pgqueuer: ``pip install -e '.[bench]'``)
+- versus_pgqueuer: Strata's drain rate (core_path's throughput) and pgqueuer's, in
+  alternating runs on backlogs of one size: the median of each and their ratio
+- topologies: the same drain over 2 regions and over 16 of equal total capacity, and
+  under 1, 2 and 3 masters, in alternating runs: each one's median and its ratio
 
 They run one at a time because each measures a whole cluster on this machine: two at
 once would measure each other. ``--quick`` runs smaller sizes and single trials, to
@@ -21,6 +35,7 @@ Run: python -m bench.run [--quick] [--only core_path failover ...]  (or `make be
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import time
@@ -37,6 +52,12 @@ INTERRUPT_GRACE_S = 60.0
 def _needs_toxiproxy() -> str | None:
     if find_binary() is None:
         return "toxiproxy-server not found: `make toxiproxy` builds it into ./bin"
+    return None
+
+
+def _needs_pgqueuer() -> str | None:
+    if importlib.util.find_spec("pgqueuer") is None:
+        return "pgqueuer not installed: `pip install -e '.[bench]'` (`make bench` does)"
     return None
 
 
@@ -73,6 +94,22 @@ BENCHES = (
           figures=("fire lag",)),
     Bench(name="retention", quick_args=("--tasks", "20000", "--retention", "5", "--every", "2"),
           figures=("tasks:", "attempts:")),
+    Bench(name="workflows",
+          quick_args=("--tasks", "500", "--rounds", "1", "--claims", "5000"),
+          figures=("plain", "chain", "fan", "keyed", "claims alone")),
+    Bench(name="sdk_latency", quick_args=("--tasks", "20"), figures=("async", "sync")),
+    Bench(name="auth_flood", quick_args=("--flood", "1000", "--good", "50"),
+          figures=("alone", "flood", "the flood")),
+    Bench(name="many_regions", quick_args=("--regions", "10,100", "--backlog", "10000",
+                                           "--idle", "2"),
+          figures=("N=", "from N=")),
+    Bench(name="pgqueuer_drain", quick_args=("--jobs", "2000"), figures=("pgqueuer drain",),
+          missing=_needs_pgqueuer),
+    Bench(name="versus_pgqueuer", quick_args=("--jobs", "10000", "--rounds", "1"),
+          figures=("strata drain median", "pgqueuer drain median", "ratio strata/pgqueuer"),
+          missing=_needs_pgqueuer),
+    Bench(name="topologies", quick_args=("--backlog", "10000", "--rounds", "1"),
+          figures=("regions median", "masters median")),
 )
 
 

@@ -14,16 +14,13 @@ import statistics
 import asyncpg
 
 from bench.core_path import _pct
-from bench.postgres import throwaway_postgres
+from bench.postgres import create_database, throwaway_postgres
 from strata.local.cluster import Cluster, wait_until
 
 
 async def main(args: argparse.Namespace) -> None:
     async with throwaway_postgres("strata-bench-schedules-") as (home, pg):
-        conn = await asyncpg.connect(pg.url)
-        await conn.execute("CREATE DATABASE bench")
-        await conn.close()
-        url = pg.url_for("bench")
+        url = await create_database(pg)
         cluster = Cluster(workdir=home, database_url=url, env={"STRATA_LOG_LEVEL": "WARNING"})
         try:
             await cluster.start_master()

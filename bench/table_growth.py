@@ -24,7 +24,7 @@ import aiohttp
 import asyncpg
 
 from bench.core_path import _pct, latency
-from bench.postgres import throwaway_postgres
+from bench.postgres import create_database, throwaway_postgres
 from strata.local.cluster import Cluster
 
 CALLS = 50
@@ -101,10 +101,7 @@ async def counted(url: str) -> bool:
 
 async def main(args: argparse.Namespace) -> None:
     async with throwaway_postgres("strata-bench-growth-") as (home, pg):
-        conn = await asyncpg.connect(pg.url)
-        await conn.execute("CREATE DATABASE bench")
-        await conn.close()
-        url = pg.url_for("bench")
+        url = await create_database(pg)
         cluster = Cluster(workdir=home, database_url=url,
                           env={"STRATA_LOG_LEVEL": "WARNING"})
         try:

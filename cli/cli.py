@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from strata import commands
+from strata import certs_command, commands, token_command
 from strata.common import logs
 from strata.common.errors import StrataError
 from strata.common.settings import MasterSettings, RegionalSettings, UpSettings, WorkerSettings
@@ -67,6 +67,14 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     s.add_argument("--max-attempts", type=int, help="attempts before it fails (default: 1)")
     s.add_argument("--timeout", type=float, dest="timeout_s", metavar="SECONDS",
                    help="each attempt's time limit (default: 3600)")
+    s.add_argument("--depends-on", action="append", metavar="ID",
+                   help="start only once this task has ended (repeat for more); if it "
+                        "did not succeed, see --on-upstream-failure")
+    s.add_argument("--on-upstream-failure", choices=("cancel", "run"),
+                   help="if a task it depends on fails or is cancelled: cancel this one, "
+                        "or run it anyway (default: cancel)")
+    s.add_argument("--concurrency-key", metavar="KEY",
+                   help="count it against KEY's limit (strata concurrency set KEY N)")
     s.add_argument("--wait", action="store_true",
                    help="wait for the end; print the state and the output (exit 1 if it "
                         "did not succeed)")
@@ -101,9 +109,23 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         one = command(name, help_text)
         one.add_argument("task_id", help="the task's id")
         commands.add_api_flag(one)
+    rp = command("reprioritize", "change the priority of a task that has not started; "
+                                 "prints its new priority and its state")
+    rp.add_argument("task_id", help="the task's id")
+    rp.add_argument("priority", type=int, metavar="N",
+                    help="the new priority: higher runs first (may be negative)")
+    commands.add_api_flag(rp)
+    _concurrency_commands(command("concurrency", "set, list, show and clear limits on how "
+                                                 "many tasks of a concurrency key run at "
+                                                 "once"), subs)
     _schedule_commands(command("schedule", "make, list, pause, resume and delete schedules "
                                            "(tasks made on a cron or every so many seconds)"),
                        subs)
+    certs_command.add_commands(command("certs", "make the certificates of mutual TLS "
+                                                "between the master, regions and workers"),
+                               subs)
+    token_command.add_commands(command("token", "make, list and revoke API tokens (in the "
+                                                "master's database)"), subs)
     return p, subs
 
 
@@ -189,6 +211,27 @@ def _schedule_commands(group: argparse.ArgumentParser,
                    help="at most this many (default: 20)")
 
 
+def _concurrency_commands(group: argparse.ArgumentParser,
+                          subs: dict[str, argparse.ArgumentParser]) -> None:
+    """``strata concurrency SUBCOMMAND``; each one's parser is ``subs["concurrency NAME"]``."""
+    sub = group.add_subparsers(dest="concurrency_command", required=True,
+                               metavar="SUBCOMMAND", help="what to do")
+
+    def command(name: str, help_text: str, *, keyed: bool = True) -> argparse.ArgumentParser:
+        subs[f"concurrency {name}"] = one = sub.add_parser(name, help=help_text,
+                                                           description=help_text)
+        if keyed:
+            one.add_argument("key", help="the concurrency key (a task's concurrency_key)")
+        commands.add_api_flag(one)
+        return one
+
+    s = command("set", "let at most N tasks of KEY be dispatched or running at once")
+    s.add_argument("limit", type=_positive, metavar="N", help="the limit (1 or more)")
+    command("list", "list the keys that have a limit: LIMIT, ACTIVE, PENDING", keyed=False)
+    command("show", "show a key's limit and its active and pending tasks as JSON")
+    command("clear", "remove a key's limit: its tasks run unlimited again")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser, subs = _build()
     args, extra = parser.parse_known_args(argv)
@@ -209,6 +252,12 @@ def _key(args: argparse.Namespace) -> str:
     """The (sub)command's key in the parsers of :func:`_build`: ``schedule create``."""
     if args.command == "schedule":
         return f"schedule {args.schedule_command}"
+    if args.command == "concurrency":
+        return f"concurrency {args.concurrency_command}"
+    if args.command == "certs":
+        return f"certs {args.certs_command}"
+    if args.command == "token":
+        return f"token {args.token_command}"
     return str(args.command)
 
 
@@ -219,10 +268,15 @@ SCHEDULE_COMMANDS = {
     "trigger": commands.trigger_schedule, "fires": commands.schedule_fires,
 }
 
+CONCURRENCY_COMMANDS = {
+    "set": commands.set_concurrency, "list": commands.list_concurrency,
+    "show": commands.show_concurrency, "clear": commands.clear_concurrency,
+}
+
 CLIENT_COMMANDS = {
     "submit": commands.submit, "status": commands.status, "list": commands.list_tasks,
     "cancel": commands.cancel, "logs": commands.logs, "retry": commands.retry,
-    "watch": commands.watch,
+    "watch": commands.watch, "reprioritize": commands.reprioritize,
 }
 
 
@@ -231,8 +285,21 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: 
     """Run a process (master, region, worker) with its settings until it stops."""
     given = settings_from(parser, args, settings)
     logs.configure(given.log_level)
-    asyncio.run(serve(given))
+    # Workers stay on asyncio's loop: under uvloop a shell task's process was seen to die
+    # of SIGSEGV before it ran (libuv forks beside gRPC's threads; asyncio's subprocesses
+    # start through the standard library's way, which this worker is tested with).
+    loop = getattr(given, "event_loop", "asyncio")
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        runner.run(serve(given))
     return 0
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -240,6 +307,11 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return asyncio.run(commands.run(args, CLIENT_COMMANDS[args.command]))
     if args.command == "schedule":
         return asyncio.run(commands.run(args, SCHEDULE_COMMANDS[args.schedule_command]))
+    if args.command == "concurrency":
+        return asyncio.run(commands.run(args,
+                                        CONCURRENCY_COMMANDS[args.concurrency_command]))
+    if args.command == "certs":
+        return certs_command.run(args)
     if args.command == "master":
         from strata.master import app as master_app
 
@@ -260,6 +332,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         applied = asyncio.run(master_app.migrate(ms))
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
         return 0
+    if args.command == "token":
+        ms = settings_from(parser, args, MasterSettings)
+        logs.configure(ms.log_level)
+        return token_command.run(args, ms)
     if args.command == "up":
         from strata.local import up
         from strata.topologies.topology import DEFAULT_TOPOLOGY, load

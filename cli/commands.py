@@ -1,6 +1,11 @@
 """The commands that talk to a running master over REST: submit, status, list, cancel,
-logs, retry, and ``schedule ...``. An answer the API refuses (a 4xx) is printed as
-``strata: <message>`` on stderr with exit code 1, as is a master that cannot be reached."""
+logs, retry, reprioritize, ``concurrency ...`` and ``schedule ...``. An answer the API
+refuses (a 4xx) is printed as ``strata: <message>`` on stderr with exit code 1, as is a
+master that cannot be reached.
+
+They hold the SDK's :class:`~strata.client.AsyncClient` (its address, token and errors)
+and print what the master answers as it sent it, through the SDK's JSON level
+(``AsyncClient.rest``): ``strata status`` is the API's JSON, field for field."""
 
 from __future__ import annotations
 
@@ -12,27 +17,44 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-from strata.common.client import TERMINAL, Client
+from strata.client import (
+    API_ENV,
+    DEFAULT_API,
+    TOKEN_ENV,
+    AsyncClient,
+    RestClient,
+    Unauthenticated,
+)
+from strata.common.client import TERMINAL
 from strata.common.errors import StrataError
 
-DEFAULT_API = "http://127.0.0.1:8080"
 PAGE = 1000
 
 
 def api_of(args: argparse.Namespace) -> str:
-    return str(args.api or os.environ.get("STRATA_API", DEFAULT_API))
+    return str(args.api or os.environ.get(API_ENV, DEFAULT_API))
 
 
 def add_api_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", default=None, metavar="URL",
                         help=f"the master's REST API (default: $STRATA_API or {DEFAULT_API})")
+    parser.add_argument("--ca", default=None, metavar="FILE",
+                        help="PEM file of the CA an https:// master's certificate is "
+                             "checked against (default: $STRATA_TLS_CA, else the system's)")
+    parser.add_argument("--token", default=None, metavar="TOKEN",
+                        help=f"the API token sent as Authorization: Bearer (default: "
+                             f"${TOKEN_ENV}, which, unlike a flag, other users' ps does not "
+                             "show)")
 
 
 async def run(args: argparse.Namespace,
-              command: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> int:
+              command: Callable[[RestClient, argparse.Namespace], Awaitable[int]]) -> int:
     try:
-        async with Client(api_of(args)) as client:
-            return await command(client, args)
+        async with AsyncClient(api_of(args), ca=args.ca, token=args.token) as client:
+            return await command(client.rest, args)
+    except Unauthenticated as exc:
+        print(f"strata: {exc} (give one: ${TOKEN_ENV} or --token)", file=sys.stderr)
+        return 1
     except StrataError as exc:
         print(f"strata: {exc}", file=sys.stderr)
         return 1
@@ -62,11 +84,12 @@ def print_result(task: dict[str, Any], *, headers: bool) -> None:
               file=out_of, flush=True)
 
 
-async def submit(client: Client, args: argparse.Namespace) -> int:
+async def submit(client: RestClient, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"kind": "shell", "command": args.shell_command}
     if args.at:
         body["run_at"] = args.at
-    for key in ("region", "priority", "max_attempts", "timeout_s"):
+    for key in ("region", "priority", "max_attempts", "timeout_s", "depends_on",
+                "on_upstream_failure", "concurrency_key"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     task = await client.create(**body)
@@ -84,22 +107,21 @@ async def submit(client: Client, args: argparse.Namespace) -> int:
     return 1
 
 
-async def watch(client: Client, args: argparse.Namespace) -> int:
+async def watch(client: RestClient, args: argparse.Namespace) -> int:
     """Until interrupted. A stream the master drops (this terminal fell behind) or ends
-    (it restarted) is taken up again where it stopped, and says what it missed."""
-    last: str | None = None
-    while True:
-        async with contextlib.aclosing(client.events(
-            tasks=args.task_ids, state=args.state, region=args.region, last_event_id=last,
-        )) as stream:
-            async for message in stream:
-                if message.event == "task":
-                    last = message.id
-                    print(json.dumps(message.data) if args.json else _change_line(message.data),
-                          flush=True)
-                elif message.event in ("missed", "dropped"):
-                    print(f"[{message.event}: {message.data.get('reason', '')}]",
-                          file=sys.stderr, flush=True)
+    (it restarted) is taken up again where it stopped (``watch`` of the SDK's JSON
+    level), and says what it missed."""
+    async with contextlib.aclosing(client.watch(
+        tasks=args.task_ids, state=args.state, region=args.region,
+    )) as stream:
+        async for message in stream:
+            if message.event == "task":
+                print(json.dumps(message.data) if args.json else _change_line(message.data),
+                      flush=True)
+            elif message.event in ("missed", "dropped"):
+                print(f"[{message.event}: {message.data.get('reason', '')}]",
+                      file=sys.stderr, flush=True)
+    return 0  # the stream is taken up again for ever: only an error or Ctrl-C ends it
 
 
 def _change_line(change: dict[str, Any]) -> str:
@@ -109,12 +131,12 @@ def _change_line(change: dict[str, Any]) -> str:
             f"attempt {change['attempt']}  region {where}  worker {worker}")
 
 
-async def status(client: Client, args: argparse.Namespace) -> int:
+async def status(client: RestClient, args: argparse.Namespace) -> int:
     print(json.dumps(await client.get(args.task_id), indent=2))
     return 0
 
 
-async def list_tasks(client: Client, args: argparse.Namespace) -> int:
+async def list_tasks(client: RestClient, args: argparse.Namespace) -> int:
     params = {k: v for k, v in (("state", args.state), ("region", args.region),
                                 ("kind", args.kind)) if v}
     if args.newest_first:
@@ -148,13 +170,13 @@ def _to_the_second(stamp: str) -> str:
     return whole + "Z" if dot else stamp
 
 
-async def cancel(client: Client, args: argparse.Namespace) -> int:
+async def cancel(client: RestClient, args: argparse.Namespace) -> int:
     task = await client.cancel(args.task_id)
     print(task["state"])
     return 0
 
 
-async def logs(client: Client, args: argparse.Namespace) -> int:
+async def logs(client: RestClient, args: argparse.Namespace) -> int:
     task = await client.get(args.task_id)
     if task["state"] not in TERMINAL:
         print(f"[task is {task['state']}: its output is kept when it ends]", file=sys.stderr)
@@ -162,9 +184,46 @@ async def logs(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-async def retry(client: Client, args: argparse.Namespace) -> int:
+async def retry(client: RestClient, args: argparse.Namespace) -> int:
     task = await client.retry(args.task_id)
     print(task["id"])
+    return 0
+
+
+async def reprioritize(client: RestClient, args: argparse.Namespace) -> int:
+    task = await client.reprioritize(args.task_id, args.priority)
+    print(f"{task['id']}: priority {task['priority']}, {task['state']}")
+    return 0
+
+
+# ---- strata concurrency ... ------------------------------------------------------------
+
+def _concurrency_line(limit: dict[str, Any]) -> str:
+    """``etl: limit 2, 1 active, 5 pending``, or ``etl: no limit, ...``."""
+    cap = "no limit" if limit["limit"] is None else f"limit {limit['limit']}"
+    return f"{limit['key']}: {cap}, {limit['active']} active, {limit['pending']} pending"
+
+
+async def set_concurrency(client: RestClient, args: argparse.Namespace) -> int:
+    print(_concurrency_line(await client.set_concurrency(args.key, args.limit)))
+    return 0
+
+
+async def list_concurrency(client: RestClient, args: argparse.Namespace) -> int:
+    _print_table([("KEY", "LIMIT", "ACTIVE", "PENDING")] + [
+        (c["key"], "-" if c["limit"] is None else str(c["limit"]), str(c["active"]),
+         str(c["pending"])) for c in await client.concurrency_limits()])
+    return 0
+
+
+async def show_concurrency(client: RestClient, args: argparse.Namespace) -> int:
+    print(json.dumps(await client.concurrency(args.key), indent=2))
+    return 0
+
+
+async def clear_concurrency(client: RestClient, args: argparse.Namespace) -> int:
+    await client.clear_concurrency(args.key)
+    print(f"{args.key}: no limit")
     return 0
 
 
@@ -209,45 +268,45 @@ def _schedule_line(schedule: dict[str, Any]) -> str:
     return f"{schedule['name']}: next fire {_to_the_second(schedule['next_fire_at'])}"
 
 
-async def create_schedule(client: Client, args: argparse.Namespace) -> int:
+async def create_schedule(client: RestClient, args: argparse.Namespace) -> int:
     print(_schedule_line(await client.create_schedule(**schedule_body(args))))
     return 0
 
 
-async def list_schedules(client: Client, args: argparse.Namespace) -> int:
+async def list_schedules(client: RestClient, args: argparse.Namespace) -> int:
     _print_table([("NAME", "WHEN", "NEXT FIRE", "PAUSED", "OVERLAP")] + [
         (s["name"], _when(s), _next_fire(s), "yes" if s["paused"] else "no", s["overlap"])
         for s in await client.schedules()])
     return 0
 
 
-async def show_schedule(client: Client, args: argparse.Namespace) -> int:
+async def show_schedule(client: RestClient, args: argparse.Namespace) -> int:
     print(json.dumps(await client.schedule(args.name), indent=2))
     return 0
 
 
-async def pause_schedule(client: Client, args: argparse.Namespace) -> int:
+async def pause_schedule(client: RestClient, args: argparse.Namespace) -> int:
     print(_schedule_line(await client.change_schedule(args.name, paused=True)))
     return 0
 
 
-async def resume_schedule(client: Client, args: argparse.Namespace) -> int:
+async def resume_schedule(client: RestClient, args: argparse.Namespace) -> int:
     print(_schedule_line(await client.change_schedule(args.name, paused=False)))
     return 0
 
 
-async def delete_schedule(client: Client, args: argparse.Namespace) -> int:
+async def delete_schedule(client: RestClient, args: argparse.Namespace) -> int:
     await client.delete_schedule(args.name)
     print("deleted")
     return 0
 
 
-async def trigger_schedule(client: Client, args: argparse.Namespace) -> int:
+async def trigger_schedule(client: RestClient, args: argparse.Namespace) -> int:
     print((await client.trigger_schedule(args.name))["task_id"])
     return 0
 
 
-async def schedule_fires(client: Client, args: argparse.Namespace) -> int:
+async def schedule_fires(client: RestClient, args: argparse.Namespace) -> int:
     fires: list[dict[str, Any]] = []
     before: str | None = None
     while len(fires) < args.limit:

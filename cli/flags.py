@@ -20,6 +20,11 @@ def _is_list(field: FieldInfo) -> bool:
     return typing.get_origin(field.annotation) is list
 
 
+def _is_switch(field: FieldInfo) -> bool:
+    """A bool setting is a flag without a value: ``--insecure-no-auth`` sets it."""
+    return field.annotation is bool
+
+
 def flag_name(name: str, field: FieldInfo) -> str:
     """``python_modules`` is given once per module: ``--python-module``."""
     if _is_list(field) and name.endswith("s"):
@@ -54,6 +59,11 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings: type[BaseSetti
     group = parser.add_argument_group(
         "settings", "each is also a STRATA_* variable or a line in .env; durations in seconds")
     for name, field in settings.model_fields.items():
+        if _is_switch(field):
+            # Not given: None, so that STRATA_* and .env still count.
+            group.add_argument(flag_name(name, field), dest=name, action="store_const",
+                               const=True, default=None, help=_help(name, field))
+            continue
         group.add_argument(flag_name(name, field), dest=name, metavar=_metavar(name, field),
                            action="append" if _is_list(field) else "store",
                            help=_help(name, field))

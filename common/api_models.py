@@ -86,13 +86,53 @@ class TaskOut(_Reply):
     result: TaskResultOut
     retry_of: uuid.UUID | None
     idempotency_key: str | None
+    depends_on: list[uuid.UUID] = Field(description="its parents, in the order given")
+    on_upstream_failure: Literal["cancel", "run"]
+    concurrency_key: str | None
 
 
 class TaskDetail(TaskOut):
-    """A task as ``GET /v1/tasks/{id}`` answers it: a pending one also says why."""
+    """A task as ``GET /v1/tasks/{id}`` answers it: a waiting or pending one also says
+    why."""
 
     waiting_for: str | SkipJsonSchema[None] = _absent(
-        "only on a pending task: what it waits for, in words")
+        "only on a waiting or pending task: what it waits for, in words")
+    dependents: list[uuid.UUID] = Field(
+        max_length=1000, description="the tasks that depend on it: the first 1000, by id")
+
+
+class GraphNode(_Reply):
+    id: uuid.UUID
+    kind: str
+    state: TaskState
+    priority: int
+    depth: int = Field(description="edges away from the task asked for")
+    label: str = Field(description="a few words: its command, handler or url")
+
+
+class GraphEdge(_Reply):
+    parent: uuid.UUID
+    child: uuid.UUID
+
+
+class TaskGraph(_Reply):
+    """``GET /v1/tasks/{id}/graph``: the DAG around a task, nearest tasks first."""
+
+    root: uuid.UUID
+    nodes: list[GraphNode]
+    edges: list[GraphEdge] = Field(description="the edges among the nodes given")
+    truncated: bool = Field(description="whether more tasks lie within the depth asked")
+
+
+class ConcurrencyKeyOut(_Reply):
+    key: str
+    limit: int | None = Field(description="null: no limit set")
+    active: int = Field(description="its tasks dispatched or running now")
+    pending: int = Field(description="its tasks waiting for a slot or their run_at")
+
+
+class ConcurrencyKeys(_Reply):
+    keys: list[ConcurrencyKeyOut] = Field(description="the keys with a limit, by key")
 
 
 class BatchCreated(_Reply):
@@ -129,6 +169,7 @@ class Attempts(_Reply):
 class StateCounts(_Reply):
     """How many tasks are in each state (one field per ``TaskState``)."""
 
+    waiting: int
     pending: int
     dispatched: int
     running: int
@@ -186,6 +227,9 @@ class RegionOut(_Reply):
     workers: int
     worker_ids: list[str]
     stale_results: int
+    master: str | None = Field(
+        description="the master the region talks to: its heartbeats and reports go there, "
+                    "and that master delegates the region's work")
     breaker: BreakerOut = Field(description="this master's breaker on its link to the region")
 
 
@@ -278,7 +322,7 @@ class Schedule(_Reply):
     timezone: str = Field(description="the IANA time zone its cron expression is read in")
     task: dict[str, object] = Field(
         description="the task each fire makes, as given (a POST /v1/tasks body without "
-                    "run_at or idempotency_key)")
+                    "run_at, idempotency_key or depends_on)")
     overlap: Overlap
     catchup: Catchup
     start_at: datetime | None

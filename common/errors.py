@@ -45,6 +45,31 @@ class CircuitOpen(Unavailable):
     code = "circuit_open"
 
 
+class Unauthenticated(StrataError):
+    """No token, or one that is not valid (HTTP 401, gRPC UNAUTHENTICATED). ``challenge``
+    is the ``WWW-Authenticate`` header's value."""
+
+    code = "unauthenticated"
+
+    def __init__(self, message: str, *, invalid_token: bool = False) -> None:
+        super().__init__(message)
+        if invalid_token:
+            self.code = "invalid_token"
+        self.challenge = 'Bearer realm="strata"' + (
+            ', error="invalid_token"' if invalid_token else "")
+
+
+class RateLimited(StrataError):
+    """Too many failed attempts from the caller's address: refused without a look at
+    what it sent (HTTP 429, gRPC RESOURCE_EXHAUSTED) for ``retry_after_s``."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ConfigError(StrataError):
     """A settings value or topology file is wrong."""
 

@@ -7,9 +7,10 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,10 +28,13 @@ from strata.common.timeutil import as_utc, rfc3339, utcnow
 REGION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 MAX_BATCH = 10_000
 MAX_IDEMPOTENCY_KEY = 200
+MAX_PARENTS = MAX_BATCH  # a fan-in of a whole batch
+MAX_KEY = 200  # a batch item's key, and a concurrency key
 DEFAULT_TIMEOUT_S = 3600.0
 
 
 class TaskState(StrEnum):
+    WAITING = "waiting"  # on parents that have not ended (depends_on)
     PENDING = "pending"
     DISPATCHED = "dispatched"
     RUNNING = "running"
@@ -97,6 +101,17 @@ class TaskOptions(BaseModel):
     # A create that names a key already taken returns that task instead of a new one.
     idempotency_key: str | None = Field(default=None, min_length=1,
                                         max_length=MAX_IDEMPOTENCY_KEY)
+    depends_on: list[Annotated[str, Field(min_length=1, max_length=MAX_KEY)]] = Field(
+        default_factory=list, max_length=MAX_PARENTS, description=(
+            "tasks that must succeed before it runs: task ids, or in a batch the keys of "
+            "other items of the same batch"))
+    on_upstream_failure: Literal["cancel", "run"] = Field(default="cancel", description=(
+        "when a parent fails or is cancelled: cancel this task (and its own dependents), "
+        "or run it anyway"))
+    concurrency_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY,
+                                        description=(
+        "tasks sharing a key are claimed round-robin with other keys, and at most the "
+        "key's limit (PUT /v1/concurrency/{key}) of them are in flight at once"))
 
 
 OPTION_FIELDS = frozenset(TaskOptions.model_fields)
@@ -118,6 +133,9 @@ class NewTask(BaseModel):
     retry_of: uuid.UUID | None = None
     schedule: str | None = None  # the schedule that fired it
     idempotency_key: str | None = None
+    depends_on: tuple[uuid.UUID, ...] = ()  # parents, in the order given
+    run_on_upstream_failure: bool = False
+    concurrency_key: str | None = None
     # What the client asked for, normalised (defaults filled in, run_at only as given):
     # a second create with the same key must ask for the same, or it is refused.
     fingerprint: str | None = None
@@ -139,10 +157,14 @@ def error_text(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_new_task(body: Any, *, now: datetime | None = None) -> NewTask:
-    """Validate one task body of ``POST /v1/tasks``; raises InvalidInput."""
+def parse_new_task(body: Any, *, now: datetime | None = None, task_id: uuid.UUID | None = None,
+                   keys: Mapping[str, uuid.UUID] | None = None) -> NewTask:
+    """Validate one task body of ``POST /v1/tasks`` (or an item of a batch, whose items
+    have ``keys``: a parent named by one of them is that item); raises InvalidInput."""
     if not isinstance(body, Mapping):
         raise InvalidInput("a task must be a JSON object")
+    if "key" in body and keys is None:
+        raise InvalidInput("key: only the items of a batch (POST /v1/tasks/batch) have keys")
     kind = body.get("kind")
     if not isinstance(kind, str):
         raise InvalidInput("kind: required, one of " + ", ".join(KINDS))
@@ -158,7 +180,7 @@ def parse_new_task(body: Any, *, now: datetime | None = None) -> NewTask:
     dumped = payload.model_dump(mode="json")
     key = options.idempotency_key
     return NewTask(
-        id=uuid.uuid4(),
+        id=task_id or uuid.uuid4(),
         kind=kind,
         payload=dumped,
         run_at=options.run_at or now or utcnow(),
@@ -168,7 +190,60 @@ def parse_new_task(body: Any, *, now: datetime | None = None) -> NewTask:
         timeout_s=options.timeout_s,
         idempotency_key=key,
         fingerprint=_fingerprint(kind, dumped, options) if key is not None else None,
+        depends_on=_parents(options.depends_on, keys or {}),
+        run_on_upstream_failure=options.on_upstream_failure == "run",
+        concurrency_key=options.concurrency_key,
     )
+
+
+def _parents(named: list[str], keys: Mapping[str, uuid.UUID]) -> tuple[uuid.UUID, ...]:
+    """Each parent once, in the order given: an item of the batch by its key, else a task
+    id."""
+    parents: dict[uuid.UUID, None] = {}
+    for index, name in enumerate(named):
+        parent = keys.get(name)
+        if parent is None:
+            try:
+                parent = uuid.UUID(name)
+            except ValueError:
+                where = "no item of this batch has that key, and it" if keys else "it"
+                raise InvalidInput(f"depends_on[{index}]: {name!r}: {where} is not a task id"
+                                   ) from None
+        parents[parent] = None
+    return tuple(parents)
+
+
+def graph_order(tasks: list[NewTask]) -> list[NewTask]:
+    """The tasks with every parent that is in the list before its children (Kahn's
+    order); a cycle, or a task that is its own parent, is refused."""
+    index = {t.id: i for i, t in enumerate(tasks)}
+    children: dict[int, list[int]] = {}
+    unmet = [0] * len(tasks)
+    for i, task in enumerate(tasks):
+        for parent in task.depends_on:
+            j = index.get(parent)
+            if j is None:
+                continue
+            if j == i:
+                raise InvalidInput(f"tasks[{i}]: depends_on: a task cannot depend on itself")
+            children.setdefault(j, []).append(i)
+            unmet[i] += 1
+    ready = [i for i, n in enumerate(unmet) if n == 0]
+    order = []
+    while ready:
+        i = ready.pop()
+        order.append(i)
+        for child in children.get(i, ()):
+            unmet[child] -= 1
+            if unmet[child] == 0:
+                ready.append(child)
+    if len(order) < len(tasks):
+        stuck = [i for i, n in enumerate(unmet) if n > 0]
+        raise InvalidInput(
+            "depends_on: the batch's dependencies make a cycle (among "
+            + ", ".join(f"tasks[{i}]" for i in stuck[:10])
+            + (", ..." if len(stuck) > 10 else "") + ")")
+    return [tasks[i] for i in order]
 
 
 def parse_batch(body: Any) -> list[NewTask]:
@@ -183,12 +258,28 @@ def parse_batch(body: Any) -> list[NewTask]:
     if len(items) > MAX_BATCH:
         raise InvalidInput(f"tasks: at most {MAX_BATCH} tasks per batch, got {len(items)}")
     now = utcnow()
+    ids = [uuid.uuid4() for _ in items]
+    keys: dict[str, uuid.UUID] = {}
+    for index, item in enumerate(items):
+        key = item.get("key") if isinstance(item, Mapping) else None
+        if key is None:
+            continue
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY:
+            raise InvalidInput(f"tasks[{index}]: key: must be a string of 1 to {MAX_KEY} "
+                               "characters")
+        if key in keys:
+            raise InvalidInput(f"tasks[{index}]: key {key!r} is also the key of "
+                               f"tasks[{ids.index(keys[key])}]: keys must be unique in a batch")
+        keys[key] = ids[index]
     tasks = []
     for index, item in enumerate(items):
+        body = {k: v for k, v in item.items() if k != "key"} if isinstance(item, Mapping) else item
         try:
-            tasks.append(parse_new_task(item, now=now))
+            tasks.append(parse_new_task(body, now=now, task_id=ids[index], keys=keys))
         except InvalidInput as exc:
             raise InvalidInput(f"tasks[{index}]: {exc}") from None
+    if any(t.depends_on for t in tasks):
+        graph_order(tasks)  # refuses a cycle before anything is written
     first: dict[str, int] = {}
     for index, task in enumerate(tasks):
         if task.idempotency_key is None:
@@ -199,6 +290,47 @@ def parse_batch(body: Any) -> list[NewTask]:
                 f"tasks[{index}]: idempotency_key {task.idempotency_key!r} is also the key "
                 f"of tasks[{seen}]: each item of a batch needs a key of its own")
     return tasks
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The state a new task with parents starts in."""
+
+    state: str  # waiting, pending, or cancelled (a parent had failed already)
+    waiting_on: int = 0
+    error: str | None = None
+
+
+def plan_graph(ordered: list[NewTask], outside: Mapping[uuid.UUID, str]
+               ) -> dict[uuid.UUID, Start]:
+    """Where each new task starts, parents first (``graph_order``): ``outside`` holds the
+    states, as locked, of the parents that are not new. A parent that succeeded counts
+    for nothing; one that failed or was cancelled cancels its child (and so the child's
+    own children in the batch), unless the child runs whatever its parents did."""
+    plan: dict[uuid.UUID, Start] = {}
+    # Of a cancelled task, the task whose failure was the cause.
+    root: dict[uuid.UUID, uuid.UUID] = {}
+    for task in ordered:
+        unfinished = 0
+        doomed_by: uuid.UUID | None = None
+        for parent in task.depends_on:
+            start = plan.get(parent)
+            state = start.state if start is not None else outside[parent]
+            if state == TaskState.SUCCEEDED:
+                continue
+            if state in (TaskState.FAILED, TaskState.CANCELLED):
+                if not task.run_on_upstream_failure and doomed_by is None:
+                    doomed_by = root.get(parent, parent)
+                continue
+            unfinished += 1
+        if doomed_by is not None:
+            root[task.id] = doomed_by
+            plan[task.id] = Start(TaskState.CANCELLED, error=f"upstream {doomed_by} failed")
+        elif unfinished:
+            plan[task.id] = Start(TaskState.WAITING, waiting_on=unfinished)
+        else:
+            plan[task.id] = Start(TaskState.PENDING)
+    return plan
 
 
 class TaskResult(BaseModel):
@@ -242,6 +374,10 @@ class Task(BaseModel):
     retry_of: uuid.UUID | None = None
     idempotency_key: str | None = None
     claimed_at: datetime | None = None  # when the current attempt was claimed
+    depends_on: tuple[uuid.UUID, ...] = ()
+    run_on_upstream_failure: bool = False
+    concurrency_key: str | None = None
+    waiting_on: int = 0  # parents not ended yet
 
     @classmethod
     def created(cls, new: NewTask, created_at: datetime) -> Task:
@@ -252,7 +388,9 @@ class Task(BaseModel):
             assigned_region=None, worker_id=None, attempt=0, max_attempts=new.max_attempts,
             timeout_s=new.timeout_s, created_at=created_at, picked_at=None, started_at=None,
             finished_at=None, result=TaskResult(), retry_of=new.retry_of,
-            idempotency_key=new.idempotency_key,
+            idempotency_key=new.idempotency_key, depends_on=new.depends_on,
+            run_on_upstream_failure=new.run_on_upstream_failure,
+            concurrency_key=new.concurrency_key,
         )
 
     @classmethod
@@ -288,6 +426,10 @@ class Task(BaseModel):
             retry_of=row["retry_of"],
             idempotency_key=row["idempotency_key"],
             claimed_at=row["claimed_at"],
+            depends_on=tuple(row["depends_on"] or ()),
+            run_on_upstream_failure=row["run_on_upstream_failure"],
+            concurrency_key=row["concurrency_key"],
+            waiting_on=row["waiting_on"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -312,4 +454,7 @@ class Task(BaseModel):
             "result": self.result.model_dump(),
             "retry_of": str(self.retry_of) if self.retry_of else None,
             "idempotency_key": self.idempotency_key,
+            "depends_on": [str(p) for p in self.depends_on],
+            "on_upstream_failure": "run" if self.run_on_upstream_failure else "cancel",
+            "concurrency_key": self.concurrency_key,
         }

@@ -67,6 +67,9 @@ def _check_task(body: dict[str, Any]) -> dict[str, Any]:
         if field in body:
             raise ValueError(f"{field}: a schedule's task has none (each fire is due at "
                              "its fire time, and is made once by the schedule)")
+    if "depends_on" in body:
+        raise ValueError("depends_on: a schedule's task has no parents (each fire runs at "
+                         "its fire time)")
     try:
         parse_new_task(body)
     except InvalidInput as exc:

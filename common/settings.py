@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from strata.common import tokens
 
 
 def _seconds(value: Any) -> Any:
@@ -22,6 +25,23 @@ def _seconds(value: Any) -> Any:
 
 
 Seconds = Annotated[timedelta, BeforeValidator(_seconds)]
+
+
+def _token_entries(value: Any) -> Any:
+    """``STRATA_API_TOKENS=a,b`` (or a JSON list, as a topology's settings are passed)."""
+    if isinstance(value, str):
+        if value.strip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return tokens.split_entries(value)
+    return value
+
+
+# Each entry hashed as it is read: the settings never hold a token itself.
+TokenHashes = Annotated[list[Annotated[str, AfterValidator(tokens.as_hash)]], NoDecode,
+                        BeforeValidator(_token_entries)]
 
 DEFAULT_HEARTBEAT_INTERVAL = timedelta(seconds=1)
 DEFAULT_WORKER_DEAD_AFTER = timedelta(seconds=3)
@@ -45,9 +65,20 @@ class _Base(BaseSettings):
     heartbeat_interval: Seconds = Field(
         default=DEFAULT_HEARTBEAT_INTERVAL,
         description="seconds between worker -> region and region -> master heartbeats")
+    # Mutual TLS on every gRPC link (and HTTPS for the master's REST API): all three or
+    # none; reloaded on SIGHUP (strata.common.tls).
+    tls_ca: Path | None = Field(
+        default=None, description="PEM file of the CA that signs every peer's certificate "
+                                  "(turns mutual TLS on, with --tls-cert and --tls-key)")
+    tls_cert: Path | None = Field(default=None,
+                                  description="PEM file of this process's certificate")
+    tls_key: Path | None = Field(default=None,
+                                 description="PEM file of this process's private key")
 
 
 class MasterSettings(_Base):
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop", description="the process's event loop: uvloop, or asyncio's own")
     database_url: str | None = Field(
         default=None, validation_alias=_DATABASE_URL,
         description="PostgreSQL URL (also DATABASE_URL)")
@@ -85,6 +116,10 @@ class MasterSettings(_Base):
     retention: Seconds = Field(
         default=timedelta(days=7), ge=timedelta(0),
         description="seconds finished tasks (and their attempts) are kept; 0: forever")
+    priority_aging: float = Field(
+        default=0.0, ge=0, le=1e6, allow_inf_nan=False,
+        description="priority points a due task gains per minute it waits past its run_at, "
+                    "so that none starves (0: off); the same on every master")
     events_buffer: int = Field(
         default=50_000, ge=1, le=1_000_000,
         description="events a /v1/events subscriber may fall behind before it is dropped")
@@ -94,12 +129,36 @@ class MasterSettings(_Base):
     events_keepalive: Seconds = Field(
         default=timedelta(seconds=15),
         description="seconds between keep-alive comments on /v1/events")
+    api_tokens: TokenHashes = Field(
+        default_factory=list,
+        description="an API token, or its hash as sha256:<hex>, that REST and the gRPC "
+                    "client API accept (STRATA_API_TOKENS: comma-separated; a flag shows "
+                    "in ps); tokens made with `strata token create` are accepted too")
+    api_tokens_file: Path | None = Field(
+        default=None,
+        description="a file of API tokens, one token or sha256:<hex> hash a line (read "
+                    "at start)")
+    insecure_no_auth: bool = Field(
+        default=False,
+        description="serve on an address that is not loopback even when no API token "
+                    "exists: anyone who reaches it may use the API")
+    auth_failure_burst: int = Field(
+        default=10, ge=1, le=100_000,
+        description="failed token attempts an address may make in a burst before its "
+                    "requests are refused (429)")
+    auth_failure_rate: float = Field(
+        default=1.0, gt=0, le=100_000, allow_inf_nan=False,
+        description="failed token attempts per second an address may make past its burst")
 
 
 class RegionalSettings(_Base):
     name: str = Field(default="local", description="the region's name")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop", description="the process's event loop: uvloop, or asyncio's own")
     master: str = Field(default=f"127.0.0.1:{DEFAULT_GRPC_PORT}",
-                        description="HOST:PORT of the master's gRPC server")
+                        description="HOST:PORT of the master's gRPC server, or several, "
+                                    "comma-separated (a region moves on to the next when "
+                                    "its master cannot answer)")
     grpc_host: str = Field(default="127.0.0.1", description="address the gRPC server listens on")
     grpc_port: int = Field(default=50061, description="gRPC port (master and workers dial it)")
     http_host: str = Field(default="127.0.0.1",
@@ -145,6 +204,13 @@ class WorkerSettings(_Base):
         description="seconds a stopping worker lets running tasks finish")
     output_limit: int = Field(default=64 * 1024, ge=1,
                               description="bytes of each output stream kept (the tail)")
+    tls_server_name: str | None = Field(
+        default=None, description="with TLS: the name the region's certificate must carry "
+                                  "(default: the host of --region)")
+    run_as: str | None = Field(
+        default=None, min_length=1,
+        description="user shell tasks run as (the worker must run as root to switch); "
+                    "http and python tasks run in the worker process, as its own user")
 
 
 class UpSettings(_Base):

@@ -4,7 +4,13 @@ One service per process kind: ``postgres``, ``master``, ``region-<name>`` per re
 ``worker-<name>`` per region, scaled with ``--scale worker-<name>=N``. Every setting
 reaches its process as a ``STRATA_*`` variable. A ``chaos`` profile adds toxiproxy in
 front of the database and every region link; ``STRATA_LINKS_VIA=toxiproxy`` routes the
-links through it."""
+links through it.
+
+The master listens beyond loopback, so API tokens are always required: it reads them
+from the ``api_tokens`` secret (``./api_tokens`` beside the compose file). A topology
+with ``tls = true`` also renders mutual TLS on every link and HTTPS for the API, with the
+certificates of ``strata certs init certs ...`` (in ``certs/`` beside the compose file)
+mounted as compose secrets."""
 
 from __future__ import annotations
 
@@ -30,6 +36,10 @@ TOXIPROXY_API_PORT = 8474
 PROXY_BASE_PORT = 20000  # db's proxy; region i's on 20010 + 10 i + (0, 1, 2)
 LINKS_VIA = "STRATA_LINKS_VIA"  # compose variable: route every link through this host
 CHAOS_PROFILE = "chaos"
+CERTS_DIR = "./certs"  # beside the compose file: `strata certs init certs --regions ...`
+SECRETS = "/run/secrets"
+API_TOKENS = "api_tokens"  # the secret, and its file beside the compose file
+IMAGE_UID = 1000  # the image's `strata` user (Dockerfile): it must be able to read the keys
 RESTART = "unless-stopped"
 STOP_MARGIN_S = 5  # beyond a worker's shutdown grace before Docker kills it
 LOG_LEVEL = "INFO"
@@ -73,6 +83,38 @@ def _port_check(port: int) -> dict[str, Node]:
     # A region serves gRPC only: its health is that the port takes connections.
     code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2).close()"
     return _healthcheck("CMD", "python", "-c", code)
+
+
+def _https_check(port: int, path: str) -> dict[str, Node]:
+    code = ("import ssl, urllib.request; urllib.request.urlopen("
+            f"'https://127.0.0.1:{port}{path}', timeout=2, "
+            f"context=ssl.create_default_context(cafile='{SECRETS}/ca'))")
+    return _healthcheck("CMD", "python", "-c", code)
+
+
+def _tls(topology: Topology, stem: str) -> tuple[dict[str, str], list[str]]:
+    """The variables and secrets that give a service the certificate ``<stem>.pem``;
+    none when the topology has no TLS."""
+    if not topology.tls:
+        return {}, []
+    names = ["ca", f"{stem}-cert", f"{stem}-key"]
+    env = {f"STRATA_TLS_{kind}": f"{SECRETS}/{name}"
+           for kind, name in zip(("CA", "CERT", "KEY"), names, strict=True)}
+    return env, names
+
+
+def _secrets(topology: Topology) -> dict[str, Node]:
+    files: dict[str, str] = {}
+    if topology.tls:
+        files["ca"] = "ca.pem"
+        for stem in ("master", *(region_service(r.name) for r in topology.regions),
+                     "worker"):
+            files[f"{stem}-cert"] = f"{stem}.pem"
+            files[f"{stem}-key"] = f"{stem}-key.pem"
+    out: dict[str, Node] = {name: {"file": f"{CERTS_DIR}/{file}"} for name, file in
+                            files.items()}
+    out[API_TOKENS] = {"file": f"./{API_TOKENS}"}
+    return out
 
 
 def _healthy(*services: str) -> dict[str, Node]:
@@ -160,6 +202,10 @@ def _postgres() -> dict[str, Node]:
 
 def _master(topology: Topology, proxies: _Proxies) -> dict[str, Node]:
     http, grpc = topology.master.http_port, topology.master.grpc_port
+    tls_env, secrets = _tls(topology, "master")
+    # Listening beyond loopback, the master refuses to start without a token.
+    tls_env["STRATA_API_TOKENS_FILE"] = f"{SECRETS}/{API_TOKENS}"
+    secrets.append(API_TOKENS)
     return {
         "build": _BUILD,
         "command": ["master"],
@@ -168,17 +214,19 @@ def _master(topology: Topology, proxies: _Proxies) -> dict[str, Node]:
             "STRATA_DATABASE_URL":
                 f"postgresql://{DATABASE}:{DATABASE}@{proxies.db()}/{DATABASE}",
             "STRATA_HTTP_HOST": "0.0.0.0", "STRATA_HTTP_PORT": str(http),
-            "STRATA_GRPC_HOST": "0.0.0.0", "STRATA_GRPC_PORT": str(grpc),
+            "STRATA_GRPC_HOST": "0.0.0.0", "STRATA_GRPC_PORT": str(grpc), **tls_env,
         }),
+        **({"secrets": secrets} if secrets else {}),
         "ports": [f"{http}:{http}", f"{grpc}:{grpc}"],
         "depends_on": _healthy("postgres"),
-        "healthcheck": _http_check(http, "/readyz"),
+        "healthcheck": (_https_check if topology.tls else _http_check)(http, "/readyz"),
         "restart": RESTART,
     }
 
 
 def _region(topology: Topology, region: RegionSpec, proxies: _Proxies) -> dict[str, Node]:
     settings = {**topology.settings, **region.settings}
+    tls_env, secrets = _tls(topology, region_service(region.name))
     return {
         "build": _BUILD,
         "command": ["regional"],
@@ -190,7 +238,9 @@ def _region(topology: Topology, region: RegionSpec, proxies: _Proxies) -> dict[s
             "STRATA_ADVERTISE": proxies.from_master(region),
             **({"STRATA_HTTP_HOST": "0.0.0.0", "STRATA_HTTP_PORT": str(region.http_port)}
                if region.http_port is not None else {}),
+            **tls_env,
         }),
+        **({"secrets": secrets} if secrets else {}),
         "depends_on": _healthy("master"),
         "healthcheck": _port_check(region.grpc_port),
         "restart": RESTART,
@@ -201,6 +251,11 @@ def _worker(topology: Topology, region: RegionSpec, proxies: _Proxies) -> dict[s
     # No id: every replica takes its own (host-pid-random), so --scale just works.
     settings = {k: v for k, v in {**topology.settings, **region.settings}.items() if k != "id"}
     grace = settings.get("shutdown_grace", WorkerSettings.model_fields["shutdown_grace"].default)
+    tls_env, secrets = _tls(topology, "worker")
+    if topology.tls:
+        # The region's certificate is checked for its service name, whichever address
+        # (the service, or toxiproxy's) the worker dials.
+        tls_env["STRATA_TLS_SERVER_NAME"] = region_service(region.name)
     return {
         "build": _BUILD,
         "command": ["worker"],
@@ -209,7 +264,9 @@ def _worker(topology: Topology, region: RegionSpec, proxies: _Proxies) -> dict[s
             "STRATA_REGION": proxies.workers(region),
             "STRATA_CONCURRENCY": str(region.concurrency),
             "STRATA_HTTP_HOST": "0.0.0.0", "STRATA_HTTP_PORT": str(WORKER_HTTP_PORT),
+            **tls_env,
         }),
+        **({"secrets": secrets} if secrets else {}),
         "deploy": {"replicas": region.workers},
         "depends_on": _healthy(region_service(region.name)),
         "healthcheck": _http_check(WORKER_HTTP_PORT, "/readyz"),
@@ -253,12 +310,49 @@ def document(topology: Topology) -> dict[str, Node]:
         "services": services,
         "volumes": {"pgdata": {}},
         "configs": {"toxiproxy": {"content": _json_lines(proxies.config())}},
+        "secrets": _secrets(topology),
     }
+
+
+def _tls_header(topology: Topology) -> list[str]:
+    if not topology.tls:
+        return [
+            f"API tokens required. Before `up`, beside this file: ./{API_TOKENS}, the",
+            "master's tokens (a token or sha256:<hex> hash a line), e.g.",
+            "",
+            f"  python -c 'import secrets; print(\"st_\" + secrets.token_urlsafe(32))' "
+            f"> {API_TOKENS}",
+            f"  sudo chown {IMAGE_UID} {API_TOKENS}   # the containers' user reads it",
+            "",
+            f"  curl -H 'Authorization: Bearer TOKEN' "
+            f"http://localhost:{topology.master.http_port}/v1/stats",
+            "",
+        ]
+    regions = ",".join(r.name for r in topology.regions)
+    return [
+        "Mutual TLS on every link, HTTPS for the API, API tokens required. Before `up`,",
+        "beside this file: the certificates (compose secrets read from ./certs) and the",
+        f"master's API tokens (./{API_TOKENS}: a token or sha256:<hex> hash a line):",
+        "",
+        f"  strata certs init certs --regions {regions}",
+        f"  sudo chown {IMAGE_UID} certs/*-key.pem {API_TOKENS}   # the containers' user reads "
+        "them",
+        "",
+        "Rotate: run the same `strata certs init` again (the CA is kept), then",
+        "  docker compose -f FILE kill -s HUP master " +
+        " ".join(region_service(r.name) for r in topology.regions) + " " +
+        " ".join(worker_service(r.name) for r in topology.regions),
+        "",
+        f"  curl --cacert certs/ca.pem -H 'Authorization: Bearer TOKEN' "
+        f"https://localhost:{topology.master.http_port}/v1/stats",
+        "",
+    ]
 
 
 def render(topology: Topology) -> str:
     first = topology.regions[0].name
     return dump(document(topology), header=[
+        *_tls_header(topology),
         f"Rendered by `strata compose` from the topology {topology.name!r}: edit the",
         "topology and render again rather than editing this file.",
         "",

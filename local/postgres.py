@@ -11,6 +11,7 @@ import functools
 import importlib.util
 import logging
 import os
+import random
 import re
 import shlex
 import shutil
@@ -52,12 +53,44 @@ class PostgresLaunchError(StrataError):
     code = "postgres_launch_failed"
 
 
+# Ports handed out by free_port in this process: never the same one twice.
+_handed_out: set[int] = set()
+# Below this, ports are system ones; free_port picks between it and the ephemeral range.
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago, and that the kernel will not
+    give anyone meanwhile: it is picked below the ephemeral range, where neither a
+    listener on port 0 nor the source port of an outgoing connection lands, and this
+    process never hands it out twice. (A port the kernel chose, closed and handed to a
+    server that starts later may meanwhile become some connection's source port, or
+    another port-0 listener's, and the server then cannot bind it.)"""
+    low = _LOWEST_PORT
+    high = _ephemeral_range()[0] - 1
+    if high - low < 1000:  # an unusual range: fall back to the kernel's choice
+        low, high = 0, 0
+    for _ in range(1000):
+        candidate = random.randint(low, high) if high else 0
+        if candidate in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, candidate))
+            except OSError:
+                continue
+            port: int = sock.getsockname()[1]
+        _handed_out.add(port)
         return port
+    raise OSError("no free TCP port found on 127.0.0.1")
 
 
 def with_database(url: str, database: str) -> str:

@@ -1,16 +1,24 @@
 """``strata up``: PostgreSQL (embedded unless configured), then the topology's
-processes under the supervisor, until Ctrl-C or SIGTERM."""
+processes under the supervisor, until Ctrl-C or SIGTERM.
+
+A topology with ``tls = true`` runs with mutual TLS on every link and HTTPS for the
+API: the certificates are made under ``<data dir>/certs`` on the first run (a CA, the
+master's, each region's, the workers', a client's) and reused after; a region added to
+the topology later gets its certificate from the same CA."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 
+from strata.common import certs
 from strata.common.client import ApiError, Client
 from strata.common.errors import StrataError
 from strata.common.settings import UpSettings
@@ -26,13 +34,25 @@ POLL_S = 0.1
 EMBEDDED_DATABASE = "strata"
 
 
-def plan(topology: Topology, database_url: str) -> list[Proc]:
-    """The processes of a topology, with their command lines and environments."""
+def tls_env(certs_dir: Path | None, stem: str) -> dict[str, str]:
+    """The variables that give a process ``<certs_dir>/<stem>.pem`` (none without TLS)."""
+    if certs_dir is None:
+        return {}
+    return {"STRATA_TLS_CA": str(certs_dir / certs.CA_CERT),
+            "STRATA_TLS_CERT": str(certs_dir / f"{stem}.pem"),
+            "STRATA_TLS_KEY": str(certs_dir / f"{stem}-key.pem")}
+
+
+def plan(topology: Topology, database_url: str, *,
+         certs_dir: Path | None = None) -> list[Proc]:
+    """The processes of a topology, with their command lines and environments (each
+    with its certificate from ``certs_dir``, when given)."""
     base = {"STRATA_DATABASE_URL": database_url, **env_for(topology.settings)}
     master_address = launcher.local_address(topology.master.grpc_port)
     procs = [
         Proc(
-            name="master", tier=0, env=launcher.child_env(base),
+            name="master", tier=0, env=launcher.child_env(base, tls_env(certs_dir,
+                                                                        certs.MASTER)),
             argv=launcher.master_argv(http_port=topology.master.http_port,
                                       grpc_port=topology.master.grpc_port),
         )
@@ -41,7 +61,8 @@ def plan(topology: Topology, database_url: str) -> list[Proc]:
         env = launcher.child_env(base, env_for(region.settings))
         procs.append(
             Proc(
-                name=region.name, tier=1, env=env,
+                name=region.name, tier=1,
+                env={**env, **tls_env(certs_dir, certs.region_stem(region.name))},
                 argv=launcher.regional_argv(name=region.name, master=master_address,
                                             grpc_port=region.grpc_port,
                                             http_port=region.http_port or 0),
@@ -51,7 +72,7 @@ def plan(topology: Topology, database_url: str) -> list[Proc]:
             worker_id = f"{region.name}-w{index}"
             procs.append(
                 Proc(
-                    name=worker_id, tier=2, env=env,
+                    name=worker_id, tier=2, env={**env, **tls_env(certs_dir, certs.WORKER)},
                     argv=launcher.worker_argv(region=launcher.local_address(region.grpc_port),
                                               worker_id=worker_id,
                                               concurrency=region.concurrency),
@@ -149,7 +170,8 @@ async def run(topology: Topology, settings: UpSettings) -> int:
     Refuses at once, before starting anything, when another ``strata up`` holds the
     data dir (:class:`~strata.local.instance.AlreadyRunning`, naming it) or a port of
     the topology is taken (:class:`~strata.local.ports.PortInUse`)."""
-    api = f"http://{launcher.LOCALHOST}:{topology.master.http_port}"
+    api = f"{'https' if topology.tls else 'http'}://{launcher.LOCALHOST}:" \
+          f"{topology.master.http_port}"
     with contextlib.ExitStack() as held:
         if not settings.database_url:
             # The embedded server's data dir is this run's alone. With a database of the
@@ -165,6 +187,14 @@ async def run(topology: Topology, settings: UpSettings) -> int:
 async def _run(topology: Topology, settings: UpSettings, api: str) -> int:
     from strata.local.postgres import EmbeddedPostgres
 
+    certs_dir = settings.data_dir / "certs" if topology.tls else None
+    if certs_dir is not None:
+        made = await asyncio.to_thread(certs.init, certs_dir,
+                                       regions=[r.name for r in topology.regions],
+                                       only_missing=True)
+        print(f"strata | mutual TLS: certificates in {certs_dir} "
+              f"({'made now' if made.files else 'made before, reused'}); "
+              f"the API is HTTPS, use --ca {certs_dir / certs.CA_CERT}", flush=True)
     embedded: EmbeddedPostgres | None = None
     database_url = settings.database_url
     if not database_url:
@@ -188,8 +218,10 @@ async def _run(topology: Topology, settings: UpSettings, api: str) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    supervisor = Supervisor(plan(topology, database_url))
-    client = Client(api, timeout_s=2)
+    supervisor = Supervisor(plan(topology, database_url, certs_dir=certs_dir))
+    # A token of the embedded database's, if one was made (`strata token create`).
+    client = Client(api, timeout_s=2, token=os.environ.get("STRATA_TOKEN") or None,
+                    ca=certs_dir / certs.CA_CERT if certs_dir is not None else None)
 
     async def master_ready() -> bool:
         await client.request("GET", "/readyz")

@@ -7,9 +7,10 @@ import base64
 import binascii
 import json
 import logging
+import math
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -26,14 +27,17 @@ from strata.common.errors import (
     Conflict,
     InvalidInput,
     NotFound,
+    RateLimited,
     StrataError,
+    Unauthenticated,
     Unavailable,
 )
 from strata.common.kinds import KINDS
-from strata.common.models import TaskState, parse_batch, parse_new_task
+from strata.common.models import MAX_KEY, TaskState, parse_batch, parse_new_task
 from strata.common.schedules import parse_schedule
 from strata.common.text import MAX_DEPTH, refuse_unstorable
 from strata.common.timeutil import as_utc, rfc3339, utcnow
+from strata.master import auth
 from strata.master.control import Control, schedule_json
 from strata.master.stream import Dropped, EventHub, Filter, Subscription
 
@@ -42,6 +46,8 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+DEFAULT_GRAPH_DEPTH = 3
+MAX_GRAPH_DEPTH = 50
 LIST_PARAMETERS = ("state", "region", "kind", "order", "limit", "cursor")
 # The dashboard's static files, shipped in the package (served at / and /ui/).
 DASHBOARD = Path(__file__).with_name("dashboard")
@@ -53,10 +59,14 @@ STREAM_SEND_BUFFER = 128 * 1024
 
 _STATUS = {
     InvalidInput: 400,
+    Unauthenticated: 401,
     NotFound: 404,
     Conflict: 409,
+    RateLimited: 429,
     Unavailable: 503,
 }
+# What needs no token: the probes, and the dashboard's page and files (no data in them).
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/", "/ui/{name}"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -77,6 +87,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         headers = {}
         if isinstance(exc, Unavailable):
             headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        if isinstance(exc, RateLimited):  # not sooner than it would be let through
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        if isinstance(exc, Unauthenticated):
+            headers["WWW-Authenticate"] = exc.challenge
         return _error(status, exc.code, str(exc), **headers)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -136,7 +150,7 @@ def _cap_send_buffer(request: web.Request) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
 
 
-def _limit(query: MultiMapping[str]) -> int:
+def _limit(query: Mapping[str, str]) -> int:
     try:
         limit = int(query.get("limit", DEFAULT_PAGE))
     except ValueError:
@@ -153,7 +167,14 @@ def _parse_time(text: str, name: str) -> datetime:
         raise InvalidInput(f"{name}: not an RFC 3339 date-time: {text!r}") from None
 
 
-def _task_id(text: str) -> uuid.UUID:
+def _concurrency_key(request: web.Request) -> str:
+    key = request.match_info["key"]
+    if not 1 <= len(key) <= MAX_KEY:
+        raise InvalidInput(f"key: must be 1 to {MAX_KEY} characters")
+    return key
+
+
+def task_id(text: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except ValueError:
@@ -199,6 +220,70 @@ def _parse_scheduled_at(value: Any) -> datetime:
     raise InvalidInput("scheduled_at: must be RFC 3339 text or unix seconds")
 
 
+# ---- what REST and the gRPC client API (strata.master.client_api) share: each takes the
+# request as REST has it (a JSON body, query values) and answers JSON, so that both go
+# down one code path, with the same validation and the same errors.
+
+
+def _state(value: str | None) -> str | None:
+    if value is not None and value not in TaskState.__members__.values():
+        raise InvalidInput(f"state: unknown state {value!r}; expected one of "
+                           + ", ".join(s.value for s in TaskState))
+    return value
+
+
+async def create_batch(control: Control, body: Any) -> tuple[dict[str, Any], bool]:
+    """Create a batch: ``{"ids", "existed"}``, and whether any task was new."""
+    tasks = parse_batch(body)
+    existing = (await control.create(tasks)).existing
+    ids, existed = [], []
+    for t in tasks:
+        found = existing.get(t.idempotency_key) if t.idempotency_key is not None else None
+        ids.append(str(found.id if found is not None else t.id))
+        existed.append(found is not None)
+    # Each id, in the batch's order, is the task made now or the one whose idempotency
+    # key the item named (existed: true).
+    return {"ids": ids, "existed": existed}, len(existing) < len(tasks)
+
+
+async def task_detail(control: Control, text: str) -> dict[str, Any]:
+    """A task as GET /v1/tasks/{id} shows it: with why it waits, and its dependents."""
+    task = await control.get(task_id(text))
+    body = task.to_json()
+    if task.state in (TaskState.WAITING, TaskState.PENDING):
+        body["waiting_for"] = await control.waiting_for(task)
+    body["dependents"] = await control.dependents(task.id)
+    return body
+
+
+async def task_page(control: Control, query: Mapping[str, str]) -> dict[str, Any]:
+    """A page of GET /v1/tasks, from its query values (an empty value: not given)."""
+    state = _state(query.get("state") or None)
+    limit = _limit(query)
+    kind = query.get("kind") or None
+    if kind is not None and kind not in KINDS:
+        raise InvalidInput(f"kind: unknown kind {kind!r}; expected one of " + ", ".join(KINDS))
+    order = query.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise InvalidInput("order: asc (oldest first, the default) or desc (newest first)")
+    cursor = query.get("cursor")
+    after = _decode_cursor(cursor) if cursor else None
+    tasks = await control.list_tasks(
+        state=state, region=query.get("region") or None, kind=kind, after=after,
+        limit=limit, newest_first=order == "desc",
+    )
+    next_cursor = (
+        _encode_cursor(tasks[-1].created_at, tasks[-1].id) if len(tasks) == limit else None
+    )
+    return {"tasks": [t.to_json() for t in tasks], "next_cursor": next_cursor}
+
+
+def event_filter(tasks: Iterable[str], state: str | None, region: str | None) -> Filter:
+    """Which changes a subscriber of /v1/events wants."""
+    return Filter(tasks=frozenset(str(task_id(t)) for t in tasks), state=_state(state),
+                  region=region)
+
+
 class _JsonErrorHandler(RequestHandler):
     """Errors aiohttp's HTTP parser raises before any handler runs (a request line over
     its limit, a byte that is not ASCII in the URL) get the API's JSON error shape too."""
@@ -235,25 +320,43 @@ class ApiRunner(web.AppRunner):
         return server
 
 
+def is_open(request: web.Request) -> bool:
+    """Whether the request is for a route that needs no token (OPEN_ROUTES)."""
+    match = request.match_info
+    resource = match.route.resource
+    return (match.http_exception is None and resource is not None
+            and resource.canonical in OPEN_ROUTES)
+
+
 class Api:
     def __init__(self, control: Control, events: EventHub | None = None, *,
-                 keepalive_s: float = 15.0) -> None:
+                 keepalive_s: float = 15.0, guard: auth.Guard | None = None) -> None:
         self._control = control
         self._events = events
         self._keepalive_s = keepalive_s
+        self._guard = guard
         self._openapi: bytes | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
+        middlewares: list[Any] = [errors_middleware]
+        if self._guard is not None:  # inside: its refusals are answered by the errors'
+            middlewares.append(auth.middleware(self._guard, is_open))
+        app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         app.router.add_post("/v1/tasks", self.create_task)
         app.router.add_get("/v1/tasks", self.list_tasks)
         app.router.add_post("/v1/tasks/batch", self.create_batch)
         # Not "batch": GET /v1/tasks/batch is a 405 (Allow: POST), not a task id.
         app.router.add_get(r"/v1/tasks/{id:(?!batch$)[^{}/]+}", self.get_task)
+        app.router.add_patch(r"/v1/tasks/{id:(?!batch$)[^{}/]+}", self.change_task)
+        app.router.add_get("/v1/tasks/{id}/graph", self.task_graph)
         app.router.add_post("/v1/tasks/{id}/cancel", self.cancel_task)
         app.router.add_post("/v1/tasks/{id}/retry", self.retry_task)
         app.router.add_get("/v1/tasks/{id}/attempts", self.task_attempts)
         app.router.add_get("/v1/events", self.events)
+        app.router.add_get("/v1/concurrency", self.concurrency_keys)
+        app.router.add_get("/v1/concurrency/{key}", self.concurrency)
+        app.router.add_put("/v1/concurrency/{key}", self.set_concurrency)
+        app.router.add_delete("/v1/concurrency/{key}", self.clear_concurrency)
         app.router.add_post("/v1/schedules", self.create_schedule)
         app.router.add_get("/v1/schedules", self.list_schedules)
         app.router.add_get("/v1/schedules/{name}", self.get_schedule)
@@ -299,59 +402,78 @@ class Api:
 
     async def create_batch(self, request: web.Request) -> web.Response:
         _query(request)
-        tasks = parse_batch(await _json_body(request))
-        existing = (await self._control.create(tasks)).existing
-        ids, existed = [], []
-        for t in tasks:
-            found = existing.get(t.idempotency_key) if t.idempotency_key is not None else None
-            ids.append(str(found.id if found is not None else t.id))
-            existed.append(found is not None)
-        # Each id, in the batch's order, is the task made now or the one whose
-        # idempotency key the item named (existed: true). 200 when nothing was new.
-        return web.json_response({"ids": ids, "existed": existed},
-                                 status=201 if len(existing) < len(tasks) else 200)
+        body, new = await create_batch(self._control, await _json_body(request))
+        return web.json_response(body, status=201 if new else 200)
 
     async def get_task(self, request: web.Request) -> web.Response:
         _query(request)
-        task = await self._control.get(_task_id(request.match_info["id"]))
-        body = task.to_json()
-        if task.state is TaskState.PENDING:
-            body["waiting_for"] = await self._control.waiting_for(task)
-        return web.json_response(body)
+        return web.json_response(await task_detail(self._control, request.match_info["id"]))
+
+    async def change_task(self, request: web.Request) -> web.Response:
+        _query(request)
+        changing = task_id(request.match_info["id"])
+        body = await _json_body(request)
+        if not isinstance(body, dict) or set(body) != {"priority"}:
+            raise InvalidInput('body must be {"priority": <integer>}: a task that has not '
+                               "started can change its priority, and only that")
+        priority = body["priority"]
+        if isinstance(priority, float) and priority.is_integer():
+            priority = int(priority)
+        if (isinstance(priority, bool) or not isinstance(priority, int)
+                or not -(2**31) <= priority < 2**31):
+            raise InvalidInput("priority: must be an integer from -2147483648 to 2147483647")
+        task = await self._control.reprioritize(changing, priority)
+        return web.json_response(task.to_json())
+
+    async def task_graph(self, request: web.Request) -> web.Response:
+        query = _query(request, "limit", "depth")
+        limit = _limit(query)
+        try:
+            depth = int(query.get("depth", DEFAULT_GRAPH_DEPTH))
+        except ValueError:
+            raise InvalidInput("depth: must be an integer") from None
+        if not 1 <= depth <= MAX_GRAPH_DEPTH:
+            raise InvalidInput(f"depth: must be between 1 and {MAX_GRAPH_DEPTH}")
+        return web.json_response(await self._control.graph(
+            task_id(request.match_info["id"]), limit=limit, depth=depth))
+
+    # ---- concurrency keys ---------------------------------------------------------
+
+    async def concurrency_keys(self, request: web.Request) -> web.Response:
+        _query(request)
+        return web.json_response({"keys": await self._control.concurrency_keys()})
+
+    async def concurrency(self, request: web.Request) -> web.Response:
+        _query(request)
+        return web.json_response(
+            await self._control.concurrency(_concurrency_key(request)))
+
+    async def set_concurrency(self, request: web.Request) -> web.Response:
+        _query(request)
+        key = _concurrency_key(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict) or set(body) != {"limit"}:
+            raise InvalidInput('body must be {"limit": <integer >= 1>}')
+        limit = body["limit"]
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 2**31:
+            raise InvalidInput("limit: must be an integer from 1 to 2147483647")
+        return web.json_response(await self._control.set_concurrency(key, limit))
+
+    async def clear_concurrency(self, request: web.Request) -> web.Response:
+        _query(request)
+        await self._control.clear_concurrency(_concurrency_key(request))
+        return web.Response(status=204)
 
     async def task_attempts(self, request: web.Request) -> web.Response:
         _query(request)
-        attempts = await self._control.attempts(_task_id(request.match_info["id"]))
+        attempts = await self._control.attempts(task_id(request.match_info["id"]))
         return web.json_response({"attempts": attempts})
 
     async def list_tasks(self, request: web.Request) -> web.Response:
         query = _query(request, *LIST_PARAMETERS)
-        state = query.get("state") or None
-        if state is not None and state not in TaskState.__members__.values():
-            raise InvalidInput(
-                f"state: unknown state {state!r}; expected one of "
-                + ", ".join(s.value for s in TaskState)
-            )
-        limit = _limit(query)
-        kind = query.get("kind") or None
-        if kind is not None and kind not in KINDS:
-            raise InvalidInput(f"kind: unknown kind {kind!r}; expected one of "
-                               + ", ".join(KINDS))
-        order = query.get("order", "asc")
-        if order not in ("asc", "desc"):
-            raise InvalidInput("order: asc (oldest first, the default) or desc (newest first)")
-        cursor = query.get("cursor")
-        after = _decode_cursor(cursor) if cursor else None
-        tasks = await self._control.list_tasks(
-            state=state, region=query.get("region") or None, kind=kind, after=after,
-            limit=limit, newest_first=order == "desc",
-        )
-        next_cursor = (
-            _encode_cursor(tasks[-1].created_at, tasks[-1].id) if len(tasks) == limit else None
-        )
-        return web.json_response(
-            {"tasks": [t.to_json() for t in tasks], "next_cursor": next_cursor}
-        )
+        return web.json_response(await task_page(self._control, query))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-Sent Events: one ``task`` event per state change that matches the
@@ -359,17 +481,12 @@ class Api:
         sent (the Last-Event-ID is older than the window); ``dropped`` that the client fell
         too far behind, and the stream ends."""
         query = _query(request, "task", "state", "region", repeatable=("task",))
-        tasks = frozenset(str(_task_id(t)) for t in query.getall("task", []))
-        state = query.get("state") or None
-        if state is not None and state not in TaskState.__members__.values():
-            raise InvalidInput(
-                f"state: unknown state {state!r}; expected one of "
-                + ", ".join(s.value for s in TaskState))
+        wanted = event_filter(query.getall("task", []), query.get("state") or None,
+                              query.get("region") or None)
         if self._events is None:
             raise Unavailable("this master serves no event stream", retry_after_s=60.0)
         last = request.headers.get("Last-Event-ID") or None
-        sub = await self._events.subscribe(
-            Filter(tasks=tasks, state=state, region=query.get("region") or None), last)
+        sub = await self._events.subscribe(wanted, last)
         try:
             response = EventSourceResponse(ping_interval=self._keepalive_s,
                                            send_timeout=SEND_TIMEOUT_S)
@@ -377,6 +494,9 @@ class Api:
             await response.prepare(request)
             _cap_send_buffer(request)
             closed = asyncio.ensure_future(response.wait())
+            revoked = self._refusal(request)
+            if revoked is not None:  # the stream ends with its token
+                revoked.add_done_callback(lambda _: closed.cancel())
             try:
                 await self._stream(response, sub, last, closed)
             except (ConnectionResetError, TimeoutError):
@@ -386,9 +506,20 @@ class Api:
                     request.transport.abort()
             finally:
                 closed.cancel()
+                if revoked is not None:
+                    revoked.cancel()
         finally:
             self._events.unsubscribe(sub)
         return response
+
+    def _refusal(self, request: web.Request) -> asyncio.Future[None] | None:
+        """Done once the request would be refused: its token revoked, or a token needed
+        by one that came without (None: no guard)."""
+        if self._guard is None:
+            return None
+        digest = request.get(auth.TOKEN_KEY)
+        return asyncio.ensure_future(self._guard.until_refused(
+            digest if isinstance(digest, bytes) else None))
 
     async def _stream(self, response: EventSourceResponse, sub: Subscription,
                       last: str | None, closed: asyncio.Future[None]) -> None:
@@ -460,12 +591,12 @@ class Api:
 
     async def cancel_task(self, request: web.Request) -> web.Response:
         _query(request)
-        task = await self._control.cancel(_task_id(request.match_info["id"]))
+        task = await self._control.cancel(task_id(request.match_info["id"]))
         return web.json_response(task.to_json())
 
     async def retry_task(self, request: web.Request) -> web.Response:
         _query(request)
-        task = await self._control.retry(_task_id(request.match_info["id"]))
+        task = await self._control.retry(task_id(request.match_info["id"]))
         return web.json_response(task.to_json(), status=201)
 
     async def stats(self, request: web.Request) -> web.Response:
@@ -540,7 +671,7 @@ class Api:
         text = _query(request, "task_id").get("task_id")
         if not text:
             raise InvalidInput("task_id: required query parameter")
-        task = await self._control.get(_task_id(text))
+        task = await self._control.get(task_id(text))
         out: dict[str, Any] = {
             "task_id": str(task.id),
             "command": task.payload.get("command"),

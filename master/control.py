@@ -18,7 +18,14 @@ from strata.common.models import NewTask, Task, TaskState
 from strata.common.schedules import TIMING_FIELDS, ScheduleSpec, patched
 from strata.common.settings import MasterSettings
 from strata.common.timeutil import from_unix, rfc3339, utcnow
-from strata.master.db import Attempt, Database, Fired, Inserted, ScheduleRow
+from strata.master.db import (
+    Attempt,
+    ConcurrencyKey,
+    Database,
+    Fired,
+    Inserted,
+    ScheduleRow,
+)
 from strata.master.metrics import MasterMetrics
 from strata.master.regions import RegionClients
 from strata.master.schedules import Scheduler, first_fire, trigger_plan
@@ -27,6 +34,7 @@ from strata.proto import strata_pb2 as pb
 logger = logging.getLogger(__name__)
 
 CANCEL_TIMEOUT_S = 2.0
+MAX_DEPENDENTS = 1000
 
 
 class Control:
@@ -63,6 +71,8 @@ class Control:
         if task.idempotency_key is not None and task.idempotency_key in inserted.existing:
             return inserted.existing[task.idempotency_key], False
         assert inserted.created_at is not None
+        if task.depends_on:  # waiting, pending or cancelled, as its parents stand
+            return await self.get(task.id), True
         return Task.created(task, inserted.created_at), True
 
     async def get(self, task_id: uuid.UUID) -> Task:
@@ -93,7 +103,13 @@ class Control:
         ]
 
     async def waiting_for(self, task: Task) -> str | None:
-        """Why a pending task has not started yet, in words; None if it is not pending."""
+        """Why a waiting or pending task has not started yet, in words; None if it is
+        neither."""
+        if task.state is TaskState.WAITING:
+            # A task that runs whatever its parents did waits for them to end.
+            outcome = "end" if task.run_on_upstream_failure else "succeed"
+            return (f"{task.waiting_on} of its {len(task.depends_on)} parents to {outcome}"
+                    if len(task.depends_on) > 1 else f"its parent to {outcome}")
         if task.state is not TaskState.PENDING:
             return None
         now = utcnow()
@@ -108,6 +124,56 @@ class Control:
                 return f"region {task.region}, which is down"
             return f"a free slot in region {task.region}"
         return "a free slot in any live region"
+
+    async def dependents(self, task_id: uuid.UUID) -> list[str]:
+        """The tasks that depend on it: the first MAX_DEPENDENTS, by id (the graph route
+        walks the rest)."""
+        return [str(c) for c in await self._db.dependents(task_id, MAX_DEPENDENTS)]
+
+    async def graph(self, task_id: uuid.UUID, *, limit: int, depth: int) -> dict[str, Any]:
+        """The DAG around a task: its nearest ancestors and descendants, as nodes and the
+        edges among them."""
+        await self.get(task_id)
+        nodes = await self._db.task_graph(task_id, limit=limit + 1, depth=depth)
+        truncated = len(nodes) > limit
+        nodes = nodes[:limit]
+        kept = {n.id for n in nodes}
+        return {
+            "root": str(task_id),
+            "nodes": [{"id": str(n.id), "kind": n.kind, "state": n.state,
+                       "priority": n.priority, "depth": n.depth,
+                       "label": _label(n.kind, n.payload)} for n in nodes],
+            "edges": [{"parent": str(p), "child": str(n.id)}
+                      for n in nodes for p in n.depends_on if p in kept],
+            "truncated": truncated,
+        }
+
+    async def reprioritize(self, task_id: uuid.UUID, priority: int) -> Task:
+        task = await self._db.reprioritize(task_id, priority)
+        if task is None:
+            now = await self.get(task_id)  # 404 if there is no such task
+            raise Conflict(f"task {task_id} is {now.state.value}: only a task that has not "
+                           "started (waiting or pending) can change its priority")
+        logger.info("task %s priority now %d", task_id, priority,
+                    extra={"action": "task_reprioritized", "task": str(task_id)})
+        return task
+
+    async def set_concurrency(self, key: str, limit: int) -> dict[str, Any]:
+        await self._db.set_concurrency_limit(key, limit)
+        logger.info("concurrency key %s limited to %d", key, limit,
+                    extra={"action": "concurrency_limit_set"})
+        return await self.concurrency(key)
+
+    async def concurrency(self, key: str) -> dict[str, Any]:
+        (found,) = await self._db.concurrency_keys(key)
+        return _key_json(found)
+
+    async def concurrency_keys(self) -> list[dict[str, Any]]:
+        return [_key_json(k) for k in await self._db.concurrency_keys()]
+
+    async def clear_concurrency(self, key: str) -> None:
+        if not await self._db.clear_concurrency_limit(key):
+            raise NotFound(f"concurrency key {key!r} has no limit")
 
     async def retry(self, task_id: uuid.UUID) -> Task:
         """Run a failed or cancelled task again, as a new task that names it."""
@@ -228,6 +294,7 @@ class Control:
                 "workers": len(r.workers),
                 "worker_ids": [w.id for w in r.workers],
                 "stale_results": r.stale_results,
+                "master": r.master,
                 # This master's breaker on its link to the region.
                 "breaker": self._regions.breaker(r.name).snapshot(),
             }
@@ -336,6 +403,17 @@ class Control:
             raise InvalidInput(
                 f"region: no region named {', '.join(map(repr, unknown))}; known regions: "
                 + (", ".join(sorted(known)) or "none yet"))
+
+
+def _label(kind: str, payload: dict[str, Any]) -> str:
+    """A few words for a node of a drawn graph."""
+    text = payload.get("command") or payload.get("handler") or payload.get("url") or kind
+    return str(text)[:60]
+
+
+def _key_json(key: ConcurrencyKey) -> dict[str, Any]:
+    return {"key": key.key, "limit": key.limit, "active": key.active,
+            "pending": key.pending}
 
 
 def schedule_json(row: ScheduleRow) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,9 +18,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from strata.common.errors import Conflict, DatabaseUnavailable
-from strata.common.events import Report, TaskRef
-from strata.common.models import NewTask, Task
+from strata.common.errors import Conflict, DatabaseUnavailable, InvalidInput
+from strata.common.events import Evicted, Finished, Report, Started, TaskRef
+from strata.common.models import NewTask, Task, graph_order, plan_graph
 from strata.common.retry import Backoff, keep_trying, of_type
 from strata.common.schedules import ScheduleSpec
 from strata.common.status import RegionStatus, WorkerInfo
@@ -33,6 +34,7 @@ EVENT_CHANNEL = "strata_events"  # task events: see migration 0008
 MIGRATION_LOCK_ID = 0x5157A7A0
 RECLAIMER_LOCK_ID = 0x5157A7A1
 RETENTION_LOCK_ID = 0x5157A7A2
+AGING_LOCK_ID = 0x5157A7A3
 # What VACUUM runs over after retention removed rows (constants: never user input).
 TASK_TABLES = ("tasks", "attempts", "schedule_fires")
 # Claims read only tasks due within this: those due later wait in an index of their own
@@ -42,6 +44,14 @@ CLAIM_HORIZON = timedelta(minutes=1)
 # The sessions that read due work and list tasks: see Database.connect.
 INDEX_ORDER_SETTINGS = {"enable_seqscan": "off", "enable_bitmapscan": "off",
                         "enable_sort": "off"}
+
+# The statements that release children read every task by key, and join sets of them
+# by hashing, never in a nested loop: so must their plans, made once for any number of
+# parents and children (planning them each time costs more than running them), whatever
+# the statistics said when they were made. A nested loop over a set guessed small (a
+# chain's one child) would make releasing ten thousand children quadratic.
+RELEASE_SETTINGS = ("SET LOCAL enable_seqscan = off; SET LOCAL enable_nestloop = off; "
+                    "SET LOCAL plan_cache_mode = force_generic_plan")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,6 +63,9 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # A session the server ends while a statement is on it can leave the driver in a
+    # state it reports this way (MagicStack/asyncpg#1069): the connection is gone too.
+    asyncpg.InternalClientError,
     TimeoutError,
 )
 _PROBE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_CONNECTION_ERRORS)
@@ -80,6 +93,59 @@ def _migrations() -> list[tuple[int, str, str]]:
 Q = _load_queries()
 
 
+# The claim indexes' order, and their predicates (migrations 0005 and 0011).
+CLAIM_ORDER = "priority DESC, run_at"
+CLAIM_INDEXES = (
+    ("claim", "", "state = 'pending' AND near AND region IS NULL AND concurrency_key IS NULL"),
+    ("claim_pinned", "region, ",
+     "state = 'pending' AND near AND region IS NOT NULL AND concurrency_key IS NULL"),
+    ("claim_keyed", "concurrency_key, ",
+     "state = 'pending' AND near AND concurrency_key IS NOT NULL"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Aging:
+    """Priority aging: a due task's priority grows by ``rate`` points a minute past its
+    run_at, so that none starves. Claims then go by priority + rate * minutes waited,
+    which at any one moment orders tasks as priority - rate * run_at (in minutes) does:
+    a value of the row alone, indexed (one index per claim index, for this rate) so that
+    a claim still reads only what it takes."""
+
+    rate: float = 0.0
+
+    @property
+    def key(self) -> str:
+        # The rate as written in SQL: a literal, so that claims match the index.
+        return f"(priority - {self.rate!r}::float8 * strata_minutes(run_at))"
+
+    def order(self, sql: str) -> str:
+        """A claim statement, ordered for this rate."""
+        if not self.rate:
+            return sql
+        assert CLAIM_ORDER in sql
+        return sql.replace(CLAIM_ORDER, f"{self.key} DESC")
+
+    def indexes(self) -> list[tuple[str, str]]:
+        """(name, definition) of the indexes claims read under this rate."""
+        if not self.rate:
+            return []
+        suffix = re.sub(r"[^0-9a-z]", "_", repr(self.rate).lower())
+        return [(f"tasks_{name}_aged_{suffix}_idx",
+                 f"ON tasks ({columns}{self.key} DESC) WHERE {predicate}")
+                for name, columns, predicate in CLAIM_INDEXES]
+
+    def claim_order(self, claimed: Claimed) -> tuple[float, datetime]:
+        """What a claim's own order is, for sorting in Python."""
+        aged = float(claimed.priority)
+        if self.rate:
+            try:
+                aged -= self.rate * claimed.run_at.timestamp() / 60
+            except (OverflowError, ValueError, OSError):  # an infinite run_at
+                aged = float("inf") if claimed.run_at.year == 1 else float("-inf")
+        return (-aged, claimed.run_at)
+
+
 @dataclass(slots=True)
 class Applied:
     """What a report changed. Of the starts it applied, in seconds, as the statements
@@ -93,10 +159,13 @@ class Applied:
     evicted: int = 0
     returned: int = 0
     to_started: list[float | None] = field(default_factory=list)
+    hop_regions: list[str] = field(default_factory=list)  # the region of each to_started
     due_to_started: list[float] = field(default_factory=list)
     rescued: list[float] = field(default_factory=list)
     schedules: list[str] = field(default_factory=list)
     schedule_lags: list[float] = field(default_factory=list)
+    ended: list[uuid.UUID] = field(default_factory=list)  # with children to release
+    failed: list[uuid.UUID] = field(default_factory=list)  # of those, the failed ones
 
     def add(self, row: Any) -> None:
         """One statement's row (mark_started, mark_finished)."""
@@ -105,10 +174,14 @@ class Applied:
         if row["states"] is not None:
             self.finished.update(zip(row["states"], row["counts"], strict=True))
         self.to_started += row["to_started"]
+        self.hop_regions += row["hop_regions"]
         self.due_to_started += row["due_to_started"]
         self.rescued += row["rescued"]
         self.schedules += row["schedules"]
         self.schedule_lags += row["schedule_lags"]
+        if row["ended"] is not None:
+            self.ended += row["ended"]
+            self.failed += row["failed"]
 
 
 def _rows(status: str) -> int:
@@ -125,6 +198,7 @@ class Claimed:
     timeout_s: float
     priority: int
     run_at: datetime
+    parent_outputs_json: str = ""  # {"<parent id>": output, ...} of a task with parents
 
     @property
     def ref(self) -> TaskRef:
@@ -163,6 +237,17 @@ class RegionRoom:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Rooms:
+    regions: list[RegionRoom]  # the live ones
+    # Tasks with a concurrency key are due (claims then go key by key); False when no
+    # region is live.
+    keyed_due: bool
+    # How many due tasks these regions could take, up to what was asked (0 when no
+    # count was asked for, or no region is live).
+    due: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RegionRow:
     name: str
     address: str
@@ -176,6 +261,7 @@ class RegionRow:
     queued: int
     workers: list[WorkerInfo]
     stale_results: int
+    master: str | None  # the master it talks to
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,6 +277,56 @@ class CancelOutcome:
     assigned_region: str | None
     attempt: int
     cancelled: bool
+
+
+async def release_dependents(conn: Any, ended: Sequence[uuid.UUID],
+                             failed: Sequence[uuid.UUID]) -> None:
+    """Release (or cancel) the children of tasks that ended in the transaction ``conn``
+    is in (``failed``: those of them that failed or were cancelled). Runs the rest of
+    the transaction under RELEASE_SETTINGS."""
+    if not ended:
+        return
+    await conn.execute(RELEASE_SETTINGS)
+    parents = list(ended)
+    if failed:
+        # A walk down the edges, a level at a time: by key, in nested loops.
+        await conn.execute("SET LOCAL enable_nestloop = on")
+        doomed = await conn.fetchrow(Q["doomed_dependents"], list(failed))
+        await conn.execute("SET LOCAL enable_nestloop = off")
+        if doomed["ids"]:
+            # Cancelled: their children that run anyway are released below.
+            parents += await conn.fetchval(Q["cancel_doomed"], doomed["ids"], doomed["roots"])
+    await conn.fetchrow(Q["release_dependents"], parents, CLAIM_HORIZON.total_seconds())
+
+
+async def _cancel(conn: Any, task_id: uuid.UUID) -> CancelOutcome | None:
+    """Cancel one task in ``conn``'s transaction, and what hangs on it."""
+    row = await conn.fetchrow(Q["cancel_task"], task_id)
+    if row is None:
+        return None
+    if row["cancelled"] and row["has_dependents"]:
+        await release_dependents(conn, [task_id], [task_id])
+    return CancelOutcome(previous_state=row["state"], assigned_region=row["assigned_region"],
+                         attempt=row["attempt"], cancelled=row["cancelled"])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GraphNode:
+    id: uuid.UUID
+    kind: str
+    state: str
+    priority: int
+    depends_on: tuple[uuid.UUID, ...]
+    depth: int
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConcurrencyKey:
+    key: str
+    limit: int | None
+    active: int
+    pending: int
 
 
 async def _keep_session(conn: Any) -> None:
@@ -246,15 +382,70 @@ def _wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return inner
 
 
+@dataclass(slots=True)
+class _Round:
+    """Events of several reports that name each attempt once, with the report (index)
+    and region of each."""
+
+    started: list[tuple[int, str, Started]] = field(default_factory=list)
+    finished: list[tuple[int, str, Finished]] = field(default_factory=list)
+
+    def owners(self) -> dict[tuple[str, int], int]:
+        owner = {(e.id, e.attempt): i for i, _, e in self.started}
+        owner.update({(e.id, e.attempt): i for i, _, e in self.finished})
+        return owner
+
+
+class _Merged:
+    """Several reports as one. The starts and results go in rounds: the first of each
+    attempt in the first round, an attempt named again (by a later report) in the next,
+    and so on, so that every statement names an attempt once and the later events find
+    what the earlier ones did, as when the reports are applied one after the other."""
+
+    def __init__(self, reports: Sequence[Report]) -> None:
+        self.reports = reports
+        self.returned: list[TaskRef] = [r for report in reports for r in report.returned]
+        self.evicted: list[tuple[str, Evicted]] = [
+            (report.region, e) for report in reports for e in report.evicted]
+        self.rounds: list[_Round] = []
+        seen: dict[tuple[str, int], int] = {}  # attempt -> the rounds it is in
+        for i, report in enumerate(reports):
+            for e in report.started:
+                self._round(seen, e.id, e.attempt).started.append((i, report.region, e))
+            for f in report.finished:
+                self._round(seen, f.id, f.attempt).finished.append((i, report.region, f))
+
+    def _round(self, seen: dict[tuple[str, int], int], task: str, attempt: int) -> _Round:
+        n = seen.get((task, attempt), 0)
+        seen[(task, attempt)] = n + 1
+        if n == len(self.rounds):
+            self.rounds.append(_Round())
+        return self.rounds[n]
+
+    def stale_counts(self, stale: list[list[TaskRef]]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for report, refs in zip(self.reports, stale, strict=True):
+            if refs:
+                counts[report.region] = counts.get(report.region, 0) + len(refs)
+        return counts
+
+
 class Database:
-    def __init__(self, pool: asyncpg.Pool, planned_pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, planned_pool: asyncpg.Pool, *,
+                 priority_aging: float = 0.0) -> None:
         self._pool = pool
         self._planned_pool = planned_pool
         self.schedules = Schedules(pool)
+        self.tokens = Tokens(pool)
+        self._key_cursor = ""  # where the next fair claim starts among the keys
+        self.aging = Aging(priority_aging)
+        self._claim_due = self.aging.order(Q["claim_due"])
+        self._claim_fair_sql = self.aging.order(Q["claim_fair"])
 
     @classmethod
     async def connect(
-        cls, dsn: str, *, pool_size: int = 8, command_timeout_s: float = 10.0
+        cls, dsn: str, *, pool_size: int = 8, command_timeout_s: float = 10.0,
+        priority_aging: float = 0.0,
     ) -> Database:
         def pool(size: int, **server_settings: str) -> asyncpg.Pool:
             return asyncpg.create_pool(
@@ -279,7 +470,7 @@ class Database:
                 raise
         except _CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
-        return cls(main, planned)
+        return cls(main, planned, priority_aging=priority_aging)
 
     async def close(self) -> None:
         await self._planned_pool.close()
@@ -309,6 +500,26 @@ class Database:
                 )
                 applied.append(name)
         return applied
+
+    @_wrap
+    async def prepare_aging(self) -> list[str]:
+        """Make the indexes claims read under this master's priority aging (if any and
+        if missing); returns those made. CONCURRENTLY: writes go on meanwhile. One master
+        at a time: the others wait, then find them made."""
+        made = []
+        async with self._held_connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", AGING_LOCK_ID)
+            for name, definition in self.aging.indexes():
+                valid = await conn.fetchval(
+                    "SELECT i.indisvalid FROM pg_index AS i JOIN pg_class AS c"
+                    " ON c.oid = i.indexrelid WHERE c.relname = $1", name)
+                if valid:
+                    continue
+                if valid is not None:  # a build that was cut short: start again
+                    await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                await conn.execute(f"CREATE INDEX CONCURRENTLY {name} {definition}")
+                made.append(name)
+        return made
 
     @_wrap
     async def ping(self) -> None:
@@ -385,6 +596,12 @@ class Database:
         otherwise nothing is written and Conflict is raised."""
         columns = _task_columns(tasks)
         horizon = CLAIM_HORIZON.total_seconds()
+        if any(t.depends_on for t in tasks):
+            try:
+                return await self._insert_graph(tasks)
+            except asyncpg.UniqueViolationError:
+                raise Conflict("a create with one of these idempotency keys ran at the same "
+                               "time: send it again") from None
         if all(t.idempotency_key is None for t in tasks):
             created_at = await self._pool.fetchval(
                 Q["insert_tasks"], *columns, horizon, [t.schedule for t in tasks])
@@ -411,23 +628,90 @@ class Database:
                                    "removed meanwhile; send the create again")
         return Inserted(created_at=row["created_at"], existing=existing)
 
+    async def _insert_graph(self, tasks: Sequence[NewTask]) -> Inserted:
+        """A batch with dependencies, in one transaction: the tasks whose idempotency keys
+        are taken are left out (their ids stand in for them as parents), the parents
+        outside the batch are locked and read, and each new task is inserted in the state
+        its parents imply, with its edges."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            existing: dict[str, Task] = {}
+            keyed = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
+            if keyed:
+                asked = {t.idempotency_key: t for t in tasks}
+                for r in await conn.fetch(Q["tasks_by_key"], keyed):
+                    if r["fingerprint"] != asked[r["idempotency_key"]].fingerprint:
+                        raise Conflict(
+                            f"idempotency_key {r['idempotency_key']!r} is the key of task "
+                            f"{r['id']}, which was asked for differently: a retry must "
+                            "send the same body")
+                    existing[r["idempotency_key"]] = Task.from_row(r)
+            stand_in = {t.id: existing[t.idempotency_key].id for t in tasks
+                        if t.idempotency_key in existing}
+            new = [t.model_copy(update={"depends_on": tuple(
+                       dict.fromkeys(stand_in.get(p, p) for p in t.depends_on))})
+                   for t in tasks if t.idempotency_key not in existing]
+            if not new:
+                return Inserted(created_at=None, existing=existing)
+            ids = {t.id for t in new}
+            outside = sorted({p for t in new for p in t.depends_on if p not in ids})
+            states: dict[uuid.UUID, str] = {}
+            if outside:
+                states = {r["id"]: r["state"]
+                          for r in await conn.fetch(Q["lock_parents"], outside)}
+                if missing := [p for p in outside if p not in states]:
+                    raise InvalidInput(
+                        "depends_on: no task " + ", ".join(map(str, missing[:10]))
+                        + (", ..." if len(missing) > 10 else ""))
+            plan = plan_graph(graph_order(new), states)
+            parents = {p for t in new for p in t.depends_on}
+            columns = _task_columns(new)
+            edges = [(p, t.id) for t in new for p in t.depends_on]
+            created_at = await conn.fetchval(
+                Q["insert_graph"], *columns, [t.idempotency_key for t in new],
+                [t.fingerprint for t in new], CLAIM_HORIZON.total_seconds(),
+                [plan[t.id].state for t in new], [plan[t.id].waiting_on for t in new],
+                ["{" + ",".join(map(str, t.depends_on)) + "}" if t.depends_on else None
+                 for t in new],
+                [t.run_on_upstream_failure for t in new], [t.id in parents for t in new],
+                [plan[t.id].error for t in new],
+                [e[0] for e in edges], [e[1] for e in edges])
+        return Inserted(created_at=created_at, existing=existing)
+
     @_wrap
-    async def claim(self, region: str, limit: int) -> list[Claimed]:
-        rows = await self._planned_pool.fetch(Q["claim_due"], region, limit)
+    async def claim(self, region: str, limit: int, *, fair: bool = False) -> list[Claimed]:
+        """Claim up to ``limit`` due tasks for ``region``; ``fair``: some due tasks have
+        concurrency keys, so each key (and the unkeyed tasks) is a lane, taken in turn,
+        within the key's limit."""
+        if fair:
+            rows = await self._claim_fair(region, limit)
+        else:
+            rows = await self._planned_pool.fetch(self._claim_due, region, limit)
         claimed = [
             Claimed(
                 id=r["id"], attempt=r["attempt"], kind=r["kind"], payload_json=r["payload"],
                 timeout_s=r["timeout_s"], priority=r["priority"], run_at=r["run_at"],
+                parent_outputs_json=r["parent_outputs"] or "",
             )
             for r in rows
         ]
-        claimed.sort(key=lambda c: (-c.priority, c.run_at))
+        claimed.sort(key=self.aging.claim_order)
         return claimed
 
-    @_wrap
-    async def count_due(self, regions: Sequence[str], limit: int) -> int:
-        count: int = await self._planned_pool.fetchval(Q["count_due"], list(regions), limit)
-        return count
+    async def _claim_fair(self, region: str, limit: int) -> list[Any]:
+        async with self._planned_pool.acquire() as conn, conn.transaction():
+            lanes = await conn.fetch(Q["lock_due_keys"], self._key_cursor, limit)
+            if lanes:
+                # The next claim starts after the last key this one offered.
+                self._key_cursor = lanes[-1]["key"]
+            else:
+                self._key_cursor = ""
+            # Each lane may offer a few times its share: a lane with less leaves room
+            # that the others fill, without one lane ever locking a whole batch per key.
+            take = min(limit, max(1, math.ceil(4 * limit / (len(lanes) + 1))))
+            rows: list[Any] = await conn.fetch(
+                self._claim_fair_sql, region, limit, [r["key"] for r in lanes],
+                [r["lim"] for r in lanes], take)
+        return rows
 
     @_wrap
     async def promote_near(self, limit: int) -> int:
@@ -452,9 +736,17 @@ class Database:
         return value
 
     @_wrap
-    async def region_room(self, dead_after: timedelta) -> list[RegionRoom]:
-        rows = await self._pool.fetch(Q["region_room"], dead_after.total_seconds())
-        return [RegionRoom(name=r["name"], address=r["address"], room=r["room"]) for r in rows]
+    async def region_room(self, dead_after: timedelta, master: str | None = None, *,
+                          count_up_to: int = 0) -> Rooms:
+        """The live regions (those that talk to ``master``, if given) and their room;
+        with ``count_up_to``, how many due tasks they could take, counted up to that."""
+        rows = await self._planned_pool.fetch(
+            Q["region_room"], dead_after.total_seconds(), master, count_up_to)
+        return Rooms(
+            regions=[RegionRoom(name=r["name"], address=r["address"], room=r["room"])
+                     for r in rows],
+            keyed_due=any(r["keyed_due"] for r in rows),
+            due=rows[0]["due"] if rows else 0)
 
     @_wrap
     async def return_to_pending(self, refs: Sequence[TaskRef], reason: str) -> int:
@@ -468,48 +760,74 @@ class Database:
     async def apply_report(
         self, report: Report, *, backoff_base: timedelta, backoff_max: timedelta
     ) -> Applied:
-        """Apply a region's report in one transaction: attempts handed back, started and
-        finished, each only while its attempt still matches the row. The stale ones
-        (attempts no longer owned) are counted against the region."""
+        """Apply a region's report in one transaction (see :meth:`apply_reports`)."""
+        applied, _ = await self.apply_reports(
+            [report], backoff_base=backoff_base, backoff_max=backoff_max)
+        return applied
+
+    @_wrap
+    async def apply_reports(
+        self, reports: Sequence[Report], *, backoff_base: timedelta, backoff_max: timedelta
+    ) -> tuple[Applied, list[list[TaskRef]]]:
+        """Apply reports (of one region or several) in one transaction: attempts handed
+        back, evicted, started and finished, each only while its attempt still matches
+        the row. Returns what changed, and each report's stale attempts (no longer
+        owned), which are counted against its region. An attempt a report names again
+        after an earlier one in the same call is stale in the later: as it would be were
+        they applied one after the other."""
+        merged = _Merged(reports)
         applied = Applied()
         async with self._pool.acquire() as conn, conn.transaction():
-            if returned := report.returned:
+            if returned := merged.returned:
                 applied.returned = _rows(await conn.execute(
                     Q["return_to_pending"],
                     [r.id for r in returned], [r.attempt for r in returned],
                     "handed back by its worker (stopping, or stopped by its region)",
                 ))
             # Before the starts: a start on the next worker may come in this very report.
-            if evicted := report.evicted:
+            if evicted := merged.evicted:
                 applied.evicted = _rows(await conn.execute(
-                    Q["mark_evicted"], [e.id for e in evicted], [e.attempt for e in evicted],
-                    [e.worker_id for e in evicted], [e.reason for e in evicted],
-                    report.region,
+                    Q["mark_evicted"], [e.id for _, e in evicted],
+                    [e.attempt for _, e in evicted], [e.worker_id for _, e in evicted],
+                    [e.reason for _, e in evicted], [region for region, _ in evicted],
                 ))
-            if started := report.started:
-                applied.add(await conn.fetchrow(
-                    Q["mark_started"],
-                    [e.id for e in started], [e.attempt for e in started],
-                    [e.worker_id for e in started], [e.started_at for e in started],
-                ))
-            if finished := report.finished:
-                applied.add(await conn.fetchrow(
-                    Q["mark_finished"],
-                    [e.id for e in finished], [e.attempt for e in finished],
-                    [e.ok for e in finished], [e.worker_id for e in finished],
-                    [e.started_at for e in finished], [e.finished_at for e in finished],
-                    [e.exit_code for e in finished], [e.output for e in finished],
-                    [e.error for e in finished],
-                    backoff_base.total_seconds(), backoff_max.total_seconds(),
-                    [e.stderr for e in finished], [e.output_truncated for e in finished],
-                    [e.stderr_truncated for e in finished],
-                    [e.killed_processes for e in finished],
-                    [e.timed_out for e in finished], report.region,
-                    [e.start_unreported for e in finished],
-                ))
-            if applied.stale:
-                await conn.execute(Q["count_stale"], report.region, len(applied.stale))
-        return applied
+            stale: list[list[TaskRef]] = [[] for _ in reports]
+            for round_ in merged.rounds:
+                before = len(applied.stale)
+                if started := round_.started:
+                    applied.add(await conn.fetchrow(
+                        Q["mark_started"],
+                        [e.id for _, _, e in started], [e.attempt for _, _, e in started],
+                        [e.worker_id for _, _, e in started],
+                        [e.started_at for _, _, e in started],
+                        [region for _, region, _ in started],
+                    ))
+                if finished := round_.finished:
+                    applied.add(await conn.fetchrow(
+                        Q["mark_finished"],
+                        [e.id for _, _, e in finished], [e.attempt for _, _, e in finished],
+                        [e.ok for _, _, e in finished], [e.worker_id for _, _, e in finished],
+                        [e.started_at for _, _, e in finished],
+                        [e.finished_at for _, _, e in finished],
+                        [e.exit_code for _, _, e in finished],
+                        [e.output for _, _, e in finished], [e.error for _, _, e in finished],
+                        backoff_base.total_seconds(), backoff_max.total_seconds(),
+                        [e.stderr for _, _, e in finished],
+                        [e.output_truncated for _, _, e in finished],
+                        [e.stderr_truncated for _, _, e in finished],
+                        [e.killed_processes for _, _, e in finished],
+                        [e.timed_out for _, _, e in finished],
+                        [region for _, region, _ in finished],
+                        [e.start_unreported for _, _, e in finished],
+                    ))
+                owner = round_.owners()
+                for ref in applied.stale[before:]:
+                    stale[owner[(ref.id, ref.attempt)]].append(ref)
+            if applied.ended:
+                await release_dependents(conn, applied.ended, applied.failed)
+            for region, n in merged.stale_counts(stale).items():
+                await conn.execute(Q["count_stale"], region, n)
+        return applied, stale
 
     @_wrap
     async def get_task(self, task_id: uuid.UUID) -> Task | None:
@@ -545,13 +863,46 @@ class Database:
 
     @_wrap
     async def cancel_task(self, task_id: uuid.UUID) -> CancelOutcome | None:
-        row = await self._pool.fetchrow(Q["cancel_task"], task_id)
-        if row is None:
-            return None
-        return CancelOutcome(
-            previous_state=row["state"], assigned_region=row["assigned_region"],
-            attempt=row["attempt"], cancelled=row["cancelled"],
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await _cancel(conn, task_id)
+
+    @_wrap
+    async def reprioritize(self, task_id: uuid.UUID, priority: int) -> Task | None:
+        """The task with its new priority; None if it has started (or does not exist)."""
+        row = await self._pool.fetchrow(Q["reprioritize"], task_id, priority)
+        return Task.from_row(row) if row is not None else None
+
+    @_wrap
+    async def dependents(self, task_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
+        return [r["child"] for r in await self._pool.fetch(Q["dependents"], task_id, limit)]
+
+    @_wrap
+    async def task_graph(self, task_id: uuid.UUID, *, limit: int, depth: int
+                         ) -> list[GraphNode]:
+        """The tasks around one, nearest first: its ancestors and descendants up to
+        ``depth`` edges away, at most ``limit`` of them."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            rows = await conn.fetch(Q["task_graph"], task_id, limit, depth)
+        return [GraphNode(id=r["id"], kind=r["kind"], state=r["state"], priority=r["priority"],
+                          depends_on=tuple(r["depends_on"] or ()), depth=r["depth"],
+                          payload=json.loads(r["payload"]))
+                for r in rows]
+
+    @_wrap
+    async def set_concurrency_limit(self, key: str, limit: int) -> None:
+        await self._pool.execute(Q["set_concurrency_limit"], key, limit)
+
+    @_wrap
+    async def clear_concurrency_limit(self, key: str) -> bool:
+        return _rows(await self._pool.execute(Q["clear_concurrency_limit"], key)) == 1
+
+    @_wrap
+    async def concurrency_keys(self, key: str | None = None) -> list[ConcurrencyKey]:
+        """Every key with a limit (or the one asked for, limited or not)."""
+        rows = await self._pool.fetch(Q["concurrency_keys"], key)
+        return [ConcurrencyKey(key=r["key"], limit=r["lim"], active=r["active"],
+                               pending=r["pending"]) for r in rows]
 
     @_wrap
     async def remove_finished(self, before: datetime, limit: int) -> int:
@@ -579,12 +930,14 @@ class Database:
     # ---- regions ------------------------------------------------------------
 
     @_wrap
-    async def upsert_region(self, status: RegionStatus) -> str | None:
-        """Record a region's heartbeat; returns its previous state (None if new)."""
+    async def upsert_region(self, status: RegionStatus, master: str | None = None
+                            ) -> str | None:
+        """Record a region's heartbeat (that reached ``master``, if given); returns its
+        previous state (None if new)."""
         previous: str | None = await self._pool.fetchval(
             Q["upsert_region"], status.name, status.address, status.capacity,
             status.max_outstanding, status.running, status.queued,
-            json.dumps([w.to_json() for w in status.workers]),
+            json.dumps([w.to_json() for w in status.workers]), master,
         )
         return previous
 
@@ -635,7 +988,7 @@ class Database:
                 capacity=r["capacity"], max_outstanding=r["max_outstanding"],
                 running=r["running"], queued=r["queued"],
                 workers=[WorkerInfo.from_json(w) for w in json.loads(r["workers"])],
-                stale_results=r["stale_results"],
+                stale_results=r["stale_results"], master=r["master"],
             )
             for r in rows
         ]
@@ -701,6 +1054,50 @@ class Fired:
     fires: list[Fire]
     cancelled: list[tuple[uuid.UUID, CancelOutcome]]
     next_fire_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredToken:
+    """An API token in the database, as ``strata token list`` shows it: never its hash."""
+
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class Tokens:
+    """The API tokens' table (migration 0012): names and hashes."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @_wrap
+    async def create(self, name: str, hash_: str) -> StoredToken:
+        """A name taken is a :class:`Conflict`."""
+        row = await self._pool.fetchrow(Q["insert_api_token"], name, hash_)
+        if row is None:
+            raise Conflict(f"an API token named {name!r} exists already: revoke it first, "
+                           "or give this one another name")
+        return StoredToken(name=row["name"], created_at=row["created_at"], last_used_at=None)
+
+    @_wrap
+    async def all(self) -> list[StoredToken]:
+        return [StoredToken(name=r["name"], created_at=r["created_at"],
+                            last_used_at=r["last_used_at"])
+                for r in await self._pool.fetch(Q["list_api_tokens"])]
+
+    @_wrap
+    async def hashes(self) -> list[str]:
+        return [r["hash"] for r in await self._pool.fetch(Q["api_token_hashes"])]
+
+    @_wrap
+    async def revoke(self, name: str) -> bool:
+        return _rows(await self._pool.execute(Q["delete_api_token"], name)) == 1
+
+    @_wrap
+    async def touch(self, hashes: Sequence[str]) -> None:
+        """Mark these tokens used now."""
+        await self._pool.execute(Q["touch_api_tokens"], list(hashes))
 
 
 class Schedules:
@@ -780,12 +1177,9 @@ class Schedules:
                                     CLAIM_HORIZON.total_seconds(), [name] * len(tasks))
             cancelled = []
             for task_id in fire_plan.cancel:
-                outcome = await conn.fetchrow(Q["cancel_task"], task_id)
-                if outcome is not None and outcome["cancelled"]:
-                    cancelled.append((task_id, CancelOutcome(
-                        previous_state=outcome["state"],
-                        assigned_region=outcome["assigned_region"],
-                        attempt=outcome["attempt"], cancelled=True)))
+                outcome = await _cancel(conn, task_id)
+                if outcome is not None and outcome.cancelled:
+                    cancelled.append((task_id, outcome))
             await conn.execute(Q["advance_schedule"], name, fire_plan.next_fire_at,
                                tasks[-1].id if tasks else None)
         return Fired(schedule=schedule, fires=kept, cancelled=cancelled,
@@ -803,6 +1197,7 @@ def _task_columns(tasks: Sequence[NewTask]) -> tuple[list[Any], ...]:
         [t.max_attempts for t in tasks],
         [t.timeout_s for t in tasks],
         [t.retry_of for t in tasks],
+        [t.concurrency_key for t in tasks],
     )
 
 

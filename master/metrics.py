@@ -170,23 +170,27 @@ class MasterMetrics:
         for c in claims:
             hop.observe(_seconds(now, c.run_at))
 
-    def applied(self, report: Report, applied: Applied) -> None:
-        region = report.region
+    def applied(self, reports: Sequence[Report], applied: Applied) -> None:
+        """What one transaction applied, of these reports."""
         if applied.to_started:
             # Clocks of different hosts: a small negative difference is a zero.
-            to_started = self.hop.labels("claimed_to_started", region)
-            for value in applied.to_started:
+            hops: dict[str, Any] = {}
+            for value, region in zip(applied.to_started, applied.hop_regions, strict=True):
                 if value is not None:
-                    to_started.observe(max(0.0, value))
+                    if region not in hops:
+                        hops[region] = self.hop.labels("claimed_to_started", region)
+                    hops[region].observe(max(0.0, value))
             self.recent.started([max(0.0, v) for v in applied.due_to_started])
             for value in applied.rescued:
                 self.rescue.observe(max(0.0, value))
             for name, lag in zip(applied.schedules, applied.schedule_lags, strict=True):
                 self.schedule_lag.labels(name).observe(max(0.0, lag))
-        if report.finished:
-            now = utcnow()
-            run = self.hop.labels("started_to_finished", region)
-            recorded = self.hop.labels("finished_to_recorded", region)
+        now = utcnow()
+        for report in reports:
+            if not report.finished:
+                continue
+            run = self.hop.labels("started_to_finished", report.region)
+            recorded = self.hop.labels("finished_to_recorded", report.region)
             for f in report.finished:
                 if f.started_at is not None:
                     run.observe(_seconds(f.finished_at, f.started_at))

@@ -5,8 +5,10 @@ is what ``parse_new_task`` takes (the kind's payload fields, the options every k
 shares, and ``kind``), one schema per kind, merged from the JSON schemas of
 ``TaskOptions`` and ``PAYLOADS[kind]``; the responses are the models of
 ``strata.common.api_models``, which the tests hold every response to. A schedule's body
-is ``ScheduleSpec``'s schema, its ``task`` a task body without ``run_at`` or
-``idempotency_key``; a change to one is the same fields but its name, all optional.
+is ``ScheduleSpec``'s schema, its ``task`` a task body without ``run_at``,
+``idempotency_key`` or ``depends_on``; a change to one is the same fields but its name,
+all optional. A batch's item is a task body that may also have a ``key``, which the
+``depends_on`` of other items of the batch name it by.
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ from pydantic import BaseModel
 
 from strata.common import api_models as am
 from strata.common.kinds import PAYLOADS
-from strata.common.models import MAX_BATCH, OPTION_FIELDS, TaskOptions
+from strata.common.models import MAX_BATCH, MAX_KEY, OPTION_FIELDS, TaskOptions
 from strata.common.schedules import PATCHABLE, ScheduleSpec
-from strata.master.api import DEFAULT_PAGE, MAX_BODY, MAX_PAGE
+from strata.master.api import (
+    DEFAULT_GRAPH_DEPTH,
+    DEFAULT_PAGE,
+    MAX_BODY,
+    MAX_GRAPH_DEPTH,
+    MAX_PAGE,
+    OPEN_ROUTES,
+)
 
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"
@@ -38,7 +47,8 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     am.Error, am.TaskOut, am.TaskDetail, am.BatchCreated, am.TaskPage, am.Attempts,
     am.Stats, am.Regions, am.Workers, am.Health, am.Ready, am.ScheduleReply,
     am.StatusReply, am.TaskEventData, am.Schedule, am.ScheduleList, am.Fired, am.Fire,
-    am.FirePage,
+    am.FirePage, am.TaskGraph, am.GraphNode, am.GraphEdge, am.ConcurrencyKeys,
+    am.ConcurrencyKeyOut,
 )
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (am.ScheduleRequest,)
 
@@ -93,8 +103,13 @@ def task_body_schema(kind: str, components: _Components) -> Schema:
     }
 
 
-# What a schedule's task may not name: each fire is due at its fire time, made once.
-SCHEDULED_TASK_OMITS = ("run_at", "idempotency_key")
+# What a schedule's task may not name: each fire is due at its fire time, made once, and
+# waits for no other task.
+SCHEDULED_TASK_OMITS = ("run_at", "idempotency_key", "depends_on")
+
+
+def _in_words(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def scheduled_task_schema_name(kind: str) -> str:
@@ -107,8 +122,7 @@ def scheduled_task_schema(kind: str, components: _Components) -> Schema:
     return {
         **body,
         "title": scheduled_task_schema_name(kind),
-        "description": f"{body['description']} Without "
-                       f"{' or '.join(SCHEDULED_TASK_OMITS)}.",
+        "description": f"{body['description']} Without {_in_words(SCHEDULED_TASK_OMITS)}.",
         "properties": {name: schema for name, schema in body["properties"].items()
                        if name not in SCHEDULED_TASK_OMITS},
         "required": [name for name in body["required"] if name not in SCHEDULED_TASK_OMITS],
@@ -127,9 +141,37 @@ def _union(title: str, description: str, name: Callable[[str], str]) -> Schema:
 
 SCHEDULED_TASK = {
     **ref("ScheduledTaskBody"),
-    "description": "the task each fire makes: a POST /v1/tasks body without run_at or "
-                   "idempotency_key (each fire's task is due at its fire time)",
+    "description": "the task each fire makes: a POST /v1/tasks body without "
+                   f"{_in_words(SCHEDULED_TASK_OMITS)} (each fire's task is due at its "
+                   "fire time, and waits for no other task)",
 }
+
+# What a batch's item may have that a task body does not (strata.common.models.parse_batch).
+BATCH_KEY: Schema = {
+    "anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_KEY}, {"type": "null"}],
+    "default": None,
+    "title": "Key",
+    "description": "the item's name in the batch, unique in it: the depends_on of other "
+                   "items name it by this (absent or null: none). Only a batch's items "
+                   "have keys.",
+}
+
+
+def batch_item_schema_name(kind: str) -> str:
+    return f"Batch{task_schema_name(kind)}"
+
+
+def batch_item_schema(kind: str, components: _Components) -> Schema:
+    """An item of ``POST /v1/tasks/batch``: the task body of ``kind`` and its ``key``."""
+    body = task_body_schema(kind, components)
+    if "key" in body["properties"]:
+        raise ValueError(f"kind {kind}: a field named key, like a batch item's key")
+    return {
+        **body,
+        "title": batch_item_schema_name(kind),
+        "description": f"{body['description']} And, in a batch, its key.",
+        "properties": {**body["properties"], "key": BATCH_KEY},
+    }
 
 
 def schedule_spec_schema(components: _Components) -> Schema:
@@ -165,24 +207,56 @@ def schedule_change_schema(spec: Schema) -> Schema:
     }
 
 
-def _error(description: str, *, retry_after: bool = False) -> Schema:
+def _error(description: str, *, retry_after: bool = False,
+           headers: Schema | None = None) -> Schema:
     response: Schema = {"description": description, "content": {JSON: {"schema": ref("Error")}}}
     if retry_after:
         response["headers"] = {"Retry-After": {
             "description": "seconds to wait before trying again",
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         }}
+    if headers:
+        response["headers"] = {**response.get("headers", {}), **headers}
     return response
+
+
+# The bearer token every operation but the probes needs once any token exists.
+SECURITY_SCHEME = "apiToken"
+SECURITY_SCHEMES: Schema = {SECURITY_SCHEME: {
+    "type": "http", "scheme": "bearer",
+    "description": "An API token (`strata token create NAME`, or one of the master's "
+                   "STRATA_API_TOKENS), as `Authorization: Bearer <token>`. Needed by "
+                   "every operation but /healthz and /readyz whenever the master has a "
+                   "token, and always by a master that listens beyond loopback.",
+}}
 
 
 ERRORS: dict[str, Schema] = {
     "400": _error("Invalid input: a malformed or mistyped body, an unknown or repeated "
                   "query parameter, text PostgreSQL cannot store."),
-    "404": _error("No such task, region or schedule."),
+    "404": _error("No such task, region or schedule, or no limit on the concurrency key."),
     "409": _error("The object's state forbids it."),
     "413": _error(f"A body over {MAX_BODY} bytes."),
     "503": _error("The database cannot be reached.", retry_after=True),
+    "401": _error(
+        "No API token (code unauthenticated), or one that is not valid: wrong, or revoked "
+        "(code invalid_token).",
+        headers={"WWW-Authenticate": {
+            "description": 'the challenge: Bearer realm="strata", and error="invalid_token" '
+                           "for a token that is not valid",
+            "required": True, "schema": {"type": "string", "pattern": "^Bearer realm="},
+        }}),
+    "429": _error(
+        "Too many API tokens that were not valid came from the caller's address: its "
+        "requests are refused, whatever they send, until Retry-After.",
+        headers={"Retry-After": {
+            "description": "seconds to wait before trying again",
+            "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }}),
 }
+# The operations that need no token: the probes (OPEN_ROUTES, less the dashboard's files,
+# which are not part of the API).
+OPEN_PATHS = frozenset(path for path in OPEN_ROUTES if path != "/" and not path.startswith("/ui/"))
 
 
 def _json(description: str, name: str, *, links: Schema | None = None) -> Schema:
@@ -216,14 +290,57 @@ SCHEDULE_LINKS = {
 TASK_ID = {"name": "id", "in": "path", "required": True,
            "schema": {"type": "string", "format": "uuid"}, "description": "a task's id"}
 
-# What the create answers lead to: the task, its attempts, its cancel and its retry.
+# What the create answers lead to: the task, its attempts, its graph, its cancel, its
+# retry and a change of its priority.
 _BY_ID = "$response.body#/id"
 TASK_LINKS = {
     "GetTask": _link("getTask", id=_BY_ID),
+    "ReprioritizeTask": _link("reprioritizeTask", id=_BY_ID),
     "CancelTask": _link("cancelTask", id=_BY_ID),
     "RetryTask": _link("retryTask", id=_BY_ID),
     "TaskAttempts": _link("taskAttempts", id=_BY_ID),
+    "TaskGraph": _link("taskGraph", id=_BY_ID),
     "TaskMasterStatus": _link("status", task_id=_BY_ID),
+}
+
+CONCURRENCY_KEY = {"name": "key", "in": "path", "required": True,
+                   "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
+                   "description": "a concurrency key (a task's concurrency_key), as one "
+                                  "path segment: / percent-encoded as %2F, . and .. as %2E "
+                                  "and %2E%2E"}
+_BY_KEY = "$response.body#/key"
+CONCURRENCY_LINKS = {
+    "GetConcurrencyKey": _link("getConcurrencyKey", key=_BY_KEY),
+    "SetConcurrencyLimit": _link("setConcurrencyLimit", key=_BY_KEY),
+    "ClearConcurrencyLimit": _link("clearConcurrencyLimit", key=_BY_KEY),
+}
+
+
+def task_change_schema(components: _Components) -> Schema:
+    """``PATCH /v1/tasks/{id}``'s body: a priority, as a task body's, and nothing else."""
+    priority = dict(components.model(TaskOptions)["properties"]["priority"])
+    priority.pop("default", None)
+    return {
+        "title": "TaskChange",
+        "description": "A task's new priority: only a task that has not started (waiting "
+                       "or pending) can change it, and nothing else.",
+        "type": "object",
+        "properties": {"priority": priority},
+        "required": ["priority"],
+        "additionalProperties": False,
+    }
+
+
+# PUT /v1/concurrency/{key}'s body: one field, nothing else.
+CONCURRENCY_LIMIT: Schema = {
+    "title": "ConcurrencyLimit",
+    "description": "How many of a key's tasks may be in flight (dispatched or running) at "
+                   "once.",
+    "type": "object",
+    "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1,
+                             "title": "Limit"}},
+    "required": ["limit"],
+    "additionalProperties": False,
 }
 
 
@@ -287,10 +404,37 @@ def _paths() -> Schema:
                               "BatchCreated")},
                 "400", "409", "413", "503"),
         }},
-        "/v1/tasks/{id}": {"get": {
-            "operationId": "getTask", "tags": ["tasks"], "summary": "A task",
-            "parameters": [TASK_ID],
-            "responses": _responses({"200": _json("The task.", "TaskDetail")},
+        "/v1/tasks/{id}": {
+            "get": {
+                "operationId": "getTask", "tags": ["tasks"], "summary": "A task",
+                "parameters": [TASK_ID],
+                "responses": _responses({"200": _json("The task.", "TaskDetail")},
+                                        "400", "404", "503"),
+            },
+            "patch": {
+                "operationId": "reprioritizeTask", "tags": ["tasks"],
+                "summary": "Change the priority of a task that has not started",
+                "parameters": [TASK_ID],
+                "requestBody": _body(ref("TaskChange")),
+                "responses": _responses(
+                    {"200": _json("The task, its priority changed.", "TaskOut"),
+                     "409": _error("The task has started, or ended.")},
+                    "400", "404", "413", "503"),
+            },
+        },
+        "/v1/tasks/{id}/graph": {"get": {
+            "operationId": "taskGraph", "tags": ["tasks"],
+            "summary": "The tasks around a task (its ancestors and descendants), nearest "
+                       "first, and the dependencies among them",
+            "parameters": [
+                TASK_ID,
+                query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                                "default": DEFAULT_PAGE}, "at most this many tasks"),
+                query("depth", {"type": "integer", "minimum": 1, "maximum": MAX_GRAPH_DEPTH,
+                                "default": DEFAULT_GRAPH_DEPTH},
+                      "at most this many dependencies away from the task"),
+            ],
+            "responses": _responses({"200": _json("Its graph.", "TaskGraph")},
                                     "400", "404", "503"),
         }},
         "/v1/tasks/{id}/cancel": {"post": {
@@ -343,6 +487,42 @@ def _paths() -> Schema:
                 }},
             }}, "400", "503"),
         }},
+        "/v1/concurrency": {"get": {
+            "operationId": "concurrencyKeys", "tags": ["concurrency"],
+            "summary": "Every concurrency key with a limit, by key",
+            "responses": _responses({"200": _json("The keys.", "ConcurrencyKeys", links={
+                "GetConcurrencyKey": _link("getConcurrencyKey",
+                                           key="$response.body#/keys/0/key"),
+            })}, "400", "503"),
+        }},
+        "/v1/concurrency/{key}": {
+            "get": {
+                "operationId": "getConcurrencyKey", "tags": ["concurrency"],
+                "summary": "A concurrency key: its limit, if it has one, and its tasks in "
+                           "flight and waiting",
+                "parameters": [CONCURRENCY_KEY],
+                "responses": _responses({"200": _json("The key.", "ConcurrencyKeyOut")},
+                                        "400", "503"),
+            },
+            "put": {
+                "operationId": "setConcurrencyLimit", "tags": ["concurrency"],
+                "summary": "Limit how many of a key's tasks are in flight at once",
+                "parameters": [CONCURRENCY_KEY],
+                "requestBody": _body(ref("ConcurrencyLimit")),
+                "responses": _responses(
+                    {"200": _json("The key, limited.", "ConcurrencyKeyOut",
+                                  links=CONCURRENCY_LINKS)},
+                    "400", "413", "503"),
+            },
+            "delete": {
+                "operationId": "clearConcurrencyLimit", "tags": ["concurrency"],
+                "summary": "Remove a key's limit: its tasks are in flight as many at once "
+                           "as there is room for",
+                "parameters": [CONCURRENCY_KEY],
+                "responses": _responses({"204": {"description": "Removed."}},
+                                        "400", "404", "503"),
+            },
+        },
         "/v1/schedules": {
             "post": {
                 "operationId": "createSchedule", "tags": ["schedules"],
@@ -493,14 +673,23 @@ def document() -> Schema:
     spec = schedule_spec_schema(components)
     components.add("ScheduleSpec", spec)
     components.add("ScheduleChange", schedule_change_schema(spec))
+    for kind in PAYLOADS:
+        components.add(batch_item_schema_name(kind), batch_item_schema(kind, components))
+    components.add("BatchTaskBody", _union(
+        "BatchTaskBody", "A batch's item: a task, and its key; `kind` says which of these "
+        "it is.", batch_item_schema_name))
     components.add("TaskBatch", {
         "title": "TaskBatch", "type": "object",
-        "properties": {"tasks": {"type": "array", "items": ref("TaskBody"),
+        "properties": {"tasks": {"type": "array", "items": ref("BatchTaskBody"),
                                  "minItems": 1, "maxItems": MAX_BATCH}},
         "required": ["tasks"], "additionalProperties": False,
         "description": "Each item is a task; items that name an idempotency key need "
-                       "one of their own.",
+                       "one of their own, and items that have a key one of their own. An "
+                       "item's depends_on names tasks by id, or other items of the batch "
+                       "by key; the items' dependencies may not make a cycle.",
     })
+    components.add("TaskChange", task_change_schema(components))
+    components.add("ConcurrencyLimit", CONCURRENCY_LIMIT)
     for model in (*REQUEST_MODELS, *RESPONSE_MODELS):
         components.add(model.__name__, components.model(model))
     return {
@@ -510,11 +699,27 @@ def document() -> Schema:
             "version": "1",
             "description": "The master's REST API. Every error is JSON "
                            '`{"error": {"code", "message"}}`; a query parameter an '
-                           "operation does not take, or one given twice, is a 400.",
+                           "operation does not take, or one given twice, is a 400. Calls "
+                           "carry an API token (`Authorization: Bearer <token>`) whenever "
+                           "the master has one.",
         },
-        "paths": _paths(),
+        "paths": _secured(_paths()),
         "components": {
             "schemas": dict(sorted(components.schemas.items())),
             "responses": {f"E{status}": response for status, response in ERRORS.items()},
+            "securitySchemes": SECURITY_SCHEMES,
         },
+        "security": [{SECURITY_SCHEME: []}],
     }
+
+
+def _secured(paths: Schema) -> Schema:
+    """Every operation but the open ones answers 401 and 429 too; the open ones need no
+    token (an empty ``security``)."""
+    for path, item in paths.items():
+        for operation in item.values():
+            if path in OPEN_PATHS:
+                operation["security"] = []
+            else:
+                operation["responses"].update(_responses({}, "401", "429"))
+    return paths

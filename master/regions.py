@@ -1,14 +1,18 @@
-"""gRPC clients for the regions, one channel per region address."""
+"""gRPC clients for the regions, one channel per region address.
+
+With TLS the master checks that whoever answers at a region's address holds that
+region's certificate (its name, not the address dialled: regions advertise IPs, compose
+service names or proxies), and a certificate reload moves the next calls to new
+channels."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-import grpc
-
 from strata.common import channels
 from strata.common.breaker import CircuitBreaker, RetryPolicy
+from strata.common.tls import Tls, region_name
 from strata.proto import strata_pb2_grpc as rpc
 
 logger = logging.getLogger(__name__)
@@ -17,8 +21,7 @@ logger = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _Link:
     address: str
-    channel: grpc.aio.Channel
-    stub: rpc.RegionStub
+    dial: channels.Dial[rpc.RegionStub]
 
 
 # Delegation retries briefly: a batch that cannot go now goes back to pending and the
@@ -29,7 +32,9 @@ DELEGATE_RETRY = RetryPolicy(attempts=2, initial_s=0.05, max_wait_s=0.2, deadlin
 class RegionClients:
     """One channel and one breaker per region (this master's view of each link)."""
 
-    def __init__(self, *, failure_threshold: int = 3, reset_timeout_s: float = 2.0) -> None:
+    def __init__(self, *, failure_threshold: int = 3, reset_timeout_s: float = 2.0,
+                 tls: Tls | None = None) -> None:
+        self._tls = tls
         self._links: dict[str, _Link] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._threshold = failure_threshold
@@ -58,12 +63,14 @@ class RegionClients:
                 )
                 # The old channel is closed when the garbage collector finds it;
                 # in-flight calls on it finish first.
-            channel = channels.channel(address)
-            link = _Link(address=address, channel=channel, stub=rpc.RegionStub(channel))
+            dial = channels.Dial(address, rpc.RegionStub, tls=self._tls,
+                                 server_name=region_name(name),
+                                 grace_s=DELEGATE_RETRY.deadline_s + 1)
+            link = _Link(address=address, dial=dial)
             self._links[name] = link
-        return link.stub
+        return link.dial.stub
 
     async def close(self) -> None:
         for link in self._links.values():
-            await link.channel.close(None)
+            await link.dial.close()
         self._links.clear()

@@ -1,5 +1,9 @@
 """Claims due tasks and delegates each live region its share in one call.
 
+With several masters, each serves the regions that talk to it (their heartbeats reach
+it): a region gets its batches from one scanner, and a master's scans cost what its own
+regions do.
+
 Woken by LISTEN/NOTIFY when a task is inserted, by result ingestion and region
 heartbeats when capacity frees up, and by a timer for the next future task; the
 periodic scan is only the safety net."""
@@ -33,10 +37,32 @@ PROMOTE_BATCH = 5_000
 DB_BACKOFF = Backoff(initial_s=0.05, max_s=2.0, healthy_after_s=10.0)
 
 
+def shares(rooms: dict[RegionRoom, int], due: int, turn: int = 0) -> dict[RegionRoom, int]:
+    """``due`` tasks (fewer than the rooms hold) split over the regions in proportion to
+    their rooms, largest remainders first and ties from the ``turn``-th region on: a
+    batch smaller than the first region's room is spread over every live region rather
+    than taken by one, and no region is sent to claim what another's share took."""
+    total = sum(rooms.values())
+    order = list(rooms)
+    order = order[turn % len(order):] + order[:turn % len(order)]
+    exact = {r: due * rooms[r] / total for r in order}
+    split = {r: math.floor(exact[r]) for r in order}
+    left = due - sum(split.values())
+    for r in sorted(order, key=lambda r: split[r] - exact[r]):  # stable: ties in order
+        if left <= 0:
+            break
+        split[r] += 1
+        left -= 1
+    return {r: n for r, n in split.items() if n}
+
+
 class Scanner:
     def __init__(self, db: Database, regions: RegionClients, settings: MasterSettings,
-                 metrics: MasterMetrics | None = None) -> None:
+                 metrics: MasterMetrics | None = None, *, instance: str | None = None
+                 ) -> None:
         self._db = db
+        # The regions this scanner serves: those that talk to this master (None: all).
+        self._instance = instance
         self._metrics = metrics or MasterMetrics()
         self._regions = regions
         self._settings = settings
@@ -120,7 +146,12 @@ class Scanner:
             self._promote_at = now + self._settings.scan_interval.total_seconds()
         # A region whose breaker is open gets nothing: its share stays pending for the
         # regions that answer.
-        live = await self._db.region_room(self._settings.region_dead_after)
+        # With a backlog every share is full: what is due need not be counted.
+        count_up_to = 0 if self._backlogged else self._settings.claim_batch * max(
+            1, len(self._live))
+        rooms = await self._db.region_room(self._settings.region_dead_after, self._instance,
+                                           count_up_to=count_up_to)
+        live = rooms.regions
         self._live = [r.name for r in live]
         ready = [
             r for r in live
@@ -128,11 +159,12 @@ class Scanner:
             and self._regions.breaker(r.name).allows_calls
         ]
         claimed_total = 0
-        shares = await self._shares(ready)
+        shares = self._shares(ready, None if self._backlogged else rooms.due)
         # A backlog fills every share: the next scan need not count what is due.
         self._backlogged = bool(shares)
+        # Tasks with concurrency keys are due: claims go key by key, within limits.
         for region, quota in shares.items():
-            claimed = await self._db.claim(region.name, quota)
+            claimed = await self._db.claim(region.name, quota, fair=rooms.keyed_due)
             self._metrics.claimed(region.name, claimed)
             if len(claimed) < quota:
                 self._backlogged = False
@@ -145,21 +177,14 @@ class Scanner:
             task.add_done_callback(functools.partial(self._delegated, region.name))
         return claimed_total
 
-    async def _shares(self, ready: list[RegionRoom]) -> dict[RegionRoom, int]:
-        """How many tasks each region claims this scan: in proportion to its room, of
-        what is due, so that a batch smaller than the first region's room is spread over
-        every live region rather than taken by one."""
+    def _shares(self, ready: list[RegionRoom], due: int | None) -> dict[RegionRoom, int]:
+        """How many tasks each region claims this scan (see :func:`shares`)."""
         rooms = {r: min(r.room, self._settings.claim_batch) for r in ready}
-        if len(rooms) < 2 or self._backlogged:
+        if len(rooms) < 2 or due is None or due >= sum(rooms.values()):
             return rooms
-        total = sum(rooms.values())
-        due = await self._db.count_due([r.name for r in rooms], total)
-        if due >= total:
-            return rooms
-        # Start at a different region each scan: rounding up favours whoever is first.
+        # Start at a different region each scan: ties go to whoever is first.
         self._turn = (self._turn + 1) % len(ready)
-        order = ready[self._turn:] + ready[:self._turn]
-        return {r: min(rooms[r], math.ceil(due * rooms[r] / total)) for r in order if due}
+        return shares(rooms, due, self._turn)
 
     def _delegated(self, region: str, task: asyncio.Task[int]) -> None:
         self._delegating.pop(region, None)
@@ -179,6 +204,7 @@ class Scanner:
                 pb.TaskSpec(
                     id=str(c.id), attempt=c.attempt, kind=c.kind, payload_json=c.payload_json,
                     timeout_s=c.timeout_s, lease_expires_at=lease_until,
+                    parent_outputs_json=c.parent_outputs_json,
                 )
                 for c in claimed
             ]

@@ -1,7 +1,12 @@
-"""The master's gRPC face: regions register, heartbeat, report events, hand work back."""
+"""The master's gRPC face: regions register, heartbeat, report events, hand work back.
+
+With mutual TLS, each of these calls must come from the certificate of the region it
+names (``strata:region:<name>``): a region cannot speak for another, and a worker's or
+a client's certificate cannot speak for any. Others are refused PERMISSION_DENIED."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,6 +21,7 @@ from strata.common.settings import MasterSettings
 from strata.common.status import RegionStatus, WorkerInfo
 from strata.common.text import storable
 from strata.common.timeutil import from_unix, utcnow
+from strata.common.tls import is_region, require
 from strata.master.db import Database
 from strata.master.metrics import MasterMetrics
 from strata.proto import strata_pb2 as pb
@@ -97,24 +103,112 @@ def split_events(region: str, events: list[pb.TaskEvent]) -> Report:
                   returned=returned, evicted=evicted)
 
 
+# Events applied in one transaction at most: reports that wait beyond it go in the next.
+APPLY_BATCH = 20_000
+
+
+class Applier:
+    """Reports of every region applied together: those that come while a transaction
+    is applying others wait for it, and then go in one transaction of their own. So a
+    master's cost per task does not grow with the number of regions that share its
+    load: more regions send smaller reports, and they merge here. A lone report is
+    applied at once."""
+
+    def __init__(self, db: Database, settings: MasterSettings, metrics: MasterMetrics,
+                 on_capacity: Callable[[], None]) -> None:
+        self._db = db
+        self._settings = settings
+        self._metrics = metrics
+        self._on_capacity = on_capacity
+        self._waiting: list[tuple[Report, asyncio.Future[list[TaskRef]]]] = []
+        self._applying: asyncio.Task[None] | None = None
+
+    async def apply(self, report: Report) -> list[TaskRef]:
+        """Apply ``report`` (with whatever else is waiting); its stale attempts. The
+        transaction goes on if the caller is cancelled: the report is applied once."""
+        done: asyncio.Future[list[TaskRef]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((report, done))
+        if self._applying is None:
+            self._applying = asyncio.create_task(self._apply_waiting(), name="apply-reports")
+        return await asyncio.shield(done)
+
+    async def _apply_waiting(self) -> None:
+        try:
+            while self._waiting:
+                batch: list[tuple[Report, asyncio.Future[list[TaskRef]]]] = []
+                size = 0
+                while self._waiting and (not batch or size < APPLY_BATCH):
+                    report, done = self._waiting.pop(0)
+                    batch.append((report, done))
+                    size += len(report.started) + len(report.finished) + len(report.returned)
+                try:
+                    await self._apply(batch)
+                except Exception as exc:
+                    if len(batch) == 1 or isinstance(exc, Unavailable):
+                        _fail(batch, exc)
+                        continue
+                    # One report the database refuses must not fail the others with
+                    # it: each alone, then.
+                    for one in batch:
+                        try:
+                            await self._apply([one])
+                        except Exception as alone:
+                            _fail([one], alone)
+        finally:
+            self._applying = None
+
+    async def _apply(self, batch: list[tuple[Report, asyncio.Future[list[TaskRef]]]]
+                     ) -> None:
+        reports = [r for r, _ in batch]
+        applied, stale = await self._db.apply_reports(
+            reports, backoff_base=self._settings.retry_backoff_base,
+            backoff_max=self._settings.retry_backoff_max)
+        self._metrics.applied(reports, applied)
+        for (_, done), refs in zip(batch, stale, strict=True):
+            if not done.done():
+                done.set_result(refs)
+        if any(r.finished or r.returned for r in reports):
+            self._on_capacity()
+
+
+def _fail(batch: list[tuple[Report, asyncio.Future[list[TaskRef]]]], exc: Exception) -> None:
+    for _, done in batch:
+        if not done.done():
+            done.set_exception(exc)
+
+
 class MasterService:
     def __init__(
         self, db: Database, settings: MasterSettings, on_capacity: Callable[[], None],
-        metrics: MasterMetrics | None = None,
+        metrics: MasterMetrics | None = None, *, mtls: bool = False,
+        instance: str | None = None,
     ) -> None:
         self._db = db
+        self._instance = instance  # a region that registers or beats here is ours
+        self._mtls = mtls
         self._metrics = metrics or MasterMetrics()
         self._settings = settings
         self._on_capacity = on_capacity
         self._reconcile_grace = max(
             RECONCILE_GRACE, 3 * settings.heartbeat_interval
         )
+        self._applier = Applier(db, settings, self._metrics, on_capacity)
+        # Each region's room (what it may hold less what it holds) at its last beat here.
+        self._rooms: dict[str, int] = {}
+
+    async def _authorize(self, region: str, method: str,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self._mtls:
+            await require(context, is_region(region), f"region {region}'s certificate",
+                          method)
 
     @grpc_errors
     async def Register(
         self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RegisterReply:
-        await self._db.upsert_region(RegionStatus(name=request.region, address=request.address))
+        await self._authorize(request.region, "Register", context)
+        await self._db.upsert_region(RegionStatus(name=request.region, address=request.address),
+                                     self._instance)
         logger.info(
             "region %s registered at %s", request.region, request.address,
             extra={"action": "region_registered", "region": request.region},
@@ -128,6 +222,7 @@ class MasterService:
     async def Heartbeat(
         self, request: pb.RegionHeartbeat, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HeartbeatReply:
+        await self._authorize(request.region, "Heartbeat", context)
         previous = await self._db.upsert_region(RegionStatus(
             name=request.region, address=request.address, capacity=request.capacity,
             max_outstanding=request.max_outstanding, running=request.running,
@@ -138,7 +233,7 @@ class MasterService:
                            health_address=w.health_address or None)
                 for w in request.workers
             ),
-        ))
+        ), self._instance)
         if previous == "down":
             logger.warning(
                 "region %s is back; its old attempts were reclaimed", request.region,
@@ -146,7 +241,13 @@ class MasterService:
             )
         else:
             await self._reconcile(request)
-        if request.max_outstanding > request.running + request.queued:
+        # Room the region did not have at its last beat here: the scanner may fill it.
+        # A region that beats with the same room as before is no news (most beats): a
+        # thousand idle regions must not wake the scanner a thousand times a second.
+        room = request.max_outstanding - request.running - request.queued
+        before = self._rooms.get(request.region)
+        self._rooms[request.region] = room
+        if room > 0 and (before is None or room > before or previous == "down"):
             self._on_capacity()
         # known=False: everything the region holds was reclaimed while it was down.
         return pb.HeartbeatReply(known=previous != "down")
@@ -171,20 +272,14 @@ class MasterService:
     async def Report(
         self, request: pb.ReportRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportReply:
+        await self._authorize(request.region, "Report", context)
         report = split_events(request.region, list(request.events))
-        applied = await self._db.apply_report(
-            report, backoff_base=self._settings.retry_backoff_base,
-            backoff_max=self._settings.retry_backoff_max,
-        )
-        self._metrics.applied(report, applied)
-        stale = applied.stale
+        stale = await self._applier.apply(report)
         if stale:
             logger.warning(
                 "dropped %d stale events from %s", len(stale), request.region,
                 extra={"action": "stale_results_dropped", "region": request.region},
             )
-        if report.finished or report.returned:
-            self._on_capacity()
         return pb.ReportReply(
             applied=len(report.started) + len(report.finished) - len(stale),
             stale=[pb.TaskRef(task_id=r.id, attempt=r.attempt) for r in stale],
@@ -194,6 +289,7 @@ class MasterService:
     async def HandBack(
         self, request: pb.HandBackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HandBackReply:
+        await self._authorize(request.region, "HandBack", context)
         refs = [_ref(t) for t in request.tasks]
         returned = await self._db.return_to_pending(
             refs, f"handed back by region {request.region}: "

@@ -178,7 +178,13 @@ class EventHub:
         ring = list(self._ring)
         for index in range(len(ring) - 1, -1, -1):
             if ring[index].event_id == last_event_id:
-                for event in ring[index + 1:]:
+                later = [e for e in ring[index + 1:] if sub.filter.matches(e)]
+                if len(later) > sub.capacity:
+                    # More than it may hold: replayed, they would drop it again at
+                    # once. It is told it missed events, and goes on from now.
+                    sub.missed = True
+                    return
+                for event in later:
                     sub.offer(event)
                 return
         sub.missed = True

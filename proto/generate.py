@@ -1,4 +1,5 @@
-"""Regenerate the Python stubs from proto/strata.proto.
+"""Regenerate the Python stubs from proto/strata.proto (master <-> region) and
+proto/tasks.proto (the client API).
 
 Run from anywhere: ``python -m strata.proto.generate``. The stubs are committed; a test
 regenerates them into a temporary folder and fails when they differ.
@@ -19,19 +20,21 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PROTO = "strata.proto"
+PROTOS = ("strata.proto", "tasks.proto")
 PACKAGE_PATH = Path("strata") / "proto"
-STUBS = ("strata_pb2.py", "strata_pb2.pyi", "strata_pb2_grpc.py")
+STUBS = tuple(f"{Path(proto).stem}{suffix}" for proto in PROTOS
+              for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"))
 
 
 def generate(out_dir: Path) -> None:
-    """Write the stubs of proto/strata.proto into ``out_dir``."""
+    """Write the stubs of every proto into ``out_dir``."""
     include = Path(protoc.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
         source_root, build = Path(tmp) / "src", Path(tmp) / "out"
         (source_root / PACKAGE_PATH).mkdir(parents=True)
         build.mkdir()
-        shutil.copyfile(HERE / PROTO, source_root / PACKAGE_PATH / PROTO)
+        for proto in PROTOS:
+            shutil.copyfile(HERE / proto, source_root / PACKAGE_PATH / proto)
         args = [
             "protoc",
             f"-I{source_root}",
@@ -39,7 +42,7 @@ def generate(out_dir: Path) -> None:
             f"--python_out={build}",
             f"--pyi_out={build}",
             f"--grpc_python_out={build}",
-            str(source_root / PACKAGE_PATH / PROTO),
+            *(str(source_root / PACKAGE_PATH / proto) for proto in PROTOS),
         ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")

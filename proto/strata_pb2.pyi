@@ -23,20 +23,22 @@ EVENT_TYPE_RETURNED: EventType
 EVENT_TYPE_EVICTED: EventType
 
 class TaskSpec(_message.Message):
-    __slots__ = ("id", "attempt", "kind", "payload_json", "timeout_s", "lease_expires_at")
+    __slots__ = ("id", "attempt", "kind", "payload_json", "timeout_s", "lease_expires_at", "parent_outputs_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_OUTPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     attempt: int
     kind: str
     payload_json: str
     timeout_s: float
     lease_expires_at: float
-    def __init__(self, id: _Optional[str] = ..., attempt: _Optional[int] = ..., kind: _Optional[str] = ..., payload_json: _Optional[str] = ..., timeout_s: _Optional[float] = ..., lease_expires_at: _Optional[float] = ...) -> None: ...
+    parent_outputs_json: str
+    def __init__(self, id: _Optional[str] = ..., attempt: _Optional[int] = ..., kind: _Optional[str] = ..., payload_json: _Optional[str] = ..., timeout_s: _Optional[float] = ..., lease_expires_at: _Optional[float] = ..., parent_outputs_json: _Optional[str] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
     __slots__ = ("task_id", "attempt", "type", "worker_id", "started_at", "finished_at", "has_exit_code", "exit_code", "output", "error", "stderr", "output_truncated", "stderr_truncated", "killed_processes", "timed_out", "start_unreported")

@@ -14,6 +14,7 @@ from itertools import groupby
 from aiohttp import web
 
 from strata.common import channels
+from strata.common import tls as tlsmod
 from strata.common.batching import Batcher
 from strata.common.events import TaskRef
 from strata.common.settings import RegionalSettings
@@ -29,6 +30,7 @@ from strata.regional.service import RegionService
 logger = logging.getLogger(__name__)
 
 GRPC_GRACE_S = 2.0
+REGION_SERVICE = "strata.v1.Region"  # what the master and workers call
 FLUSH_TIMEOUT_S = 5.0
 # Events a region keeps while the master cannot take them; workers wait beyond that.
 EVENT_BUFFER = 100_000
@@ -141,10 +143,13 @@ class Uplink:
 
 
 async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -> None:
+    tls = tlsmod.from_settings(settings)  # a bad file is a ConfigError now, not later
     stop = stop or stop_on_signals()
+    if tls is not None:
+        tls.reload_on()  # SIGHUP
     # Until the master says otherwise, the lease is twice our own dead-after.
     lease = Lease(settings.worker_dead_after.total_seconds() * 2)
-    link = MasterLink(settings, lease)
+    link = MasterLink(settings, lease, tls)
     uplink: Uplink
 
     def report_evicted(worker_id: str, specs: list[pb.TaskSpec], reason: str) -> None:
@@ -167,11 +172,14 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
     uplink = Uplink(settings, link, lease, coordinator, events)
     server = channels.server()
     rpc.add_RegionServicer_to_server(
-        RegionService(coordinator, events, settings.heartbeat_interval.total_seconds()),
+        RegionService(coordinator, events, settings.heartbeat_interval.total_seconds(),
+                      mtls=tls is not None),
         server,
     )
-    server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    checks = channels.serve_health_and_reflection(server, [REGION_SERVICE])
+    channels.listen(server, f"{settings.grpc_host}:{settings.grpc_port}", tls)
     await server.start()
+    await channels.set_serving(checks, [REGION_SERVICE], True)
 
     http = web.AppRunner(
         RegionHttp(settings.name, coordinator, link, lease, lambda: uplink.last_beat).app(),
@@ -183,7 +191,15 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
     tasks = TaskSet()
     tasks.spawn("report", events.run())
     tasks.spawn("hand_back", uplink.hand_backs.run())
-    await uplink.register()
+    try:
+        await uplink.register()
+    except BaseException:
+        # Refused by the master (or stopped while waiting for it): nothing was taken.
+        await server.stop(0)
+        await tasks.cancel_all()
+        await http.cleanup()
+        await link.close()
+        raise
     tasks.spawn("heartbeat", uplink.heartbeat_loop())
     tasks.spawn("watch_workers", _watch_workers(coordinator, settings))
     logger.info(
@@ -196,6 +212,7 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
     finally:
         # Stop taking work, give the queue back, deliver what workers reported.
         coordinator.accepting = False
+        await channels.set_serving(checks, [REGION_SERVICE], False)
         queued = coordinator.drain_queue()
         if queued:
             uplink.hand_back(queued, "region shutting down")

@@ -72,7 +72,7 @@ class RegionHttp:
         self._running.labels(self._name).set(c.running)
         self._workers.labels(self._name).set(len(c.workers()))
         self._lease_valid.labels(self._name).set(1 if self._lease.valid() else 0)
-        metrics.set_breakers(self._breaker, [self._link.breaker])
+        metrics.set_breakers(self._breaker, self._link.breakers())
         return metrics.response(self.registry)
 
     def app(self) -> web.Application:

@@ -1,4 +1,8 @@
-"""The region's gRPC face: the master delegates and cancels; workers hold a stream."""
+"""The region's gRPC face: the master delegates and cancels; workers hold a stream.
+
+With mutual TLS, Delegate and Cancel are taken only from the master's certificate
+(``strata:master``) and Connect only from a worker's (``strata:worker``); any other
+certificate of the CA (another region's, a client's) is refused PERMISSION_DENIED."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 import grpc
 
 from strata.common.batching import Batcher
+from strata.common.tls import has_role, require
 from strata.proto import strata_pb2 as pb
 from strata.regional.coordinator import Coordinator, WorkerConn, ref_of
 
@@ -21,8 +26,9 @@ _RESULTS = (pb.EVENT_TYPE_SUCCEEDED, pb.EVENT_TYPE_FAILED, pb.EVENT_TYPE_RETURNE
 class RegionService:
     def __init__(
         self, coordinator: Coordinator, events: Batcher[pb.TaskEvent],
-        heartbeat_interval_s: float,
+        heartbeat_interval_s: float, *, mtls: bool = False,
     ) -> None:
+        self._mtls = mtls
         self._coordinator = coordinator
         self._events = events
         self._heartbeat_interval_s = heartbeat_interval_s
@@ -30,6 +36,8 @@ class RegionService:
     async def Delegate(
         self, request: pb.DelegateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DelegateReply:
+        if self._mtls:
+            await require(context, has_role("master"), "the master", "Delegate")
         accepted, rejected = self._coordinator.accept(request.tasks)
         if rejected:
             logger.info(
@@ -44,6 +52,8 @@ class RegionService:
     async def Cancel(
         self, request: pb.CancelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CancelReply:
+        if self._mtls:
+            await require(context, has_role("master"), "the master", "Cancel")
         count = self._coordinator.cancel(ref_of(r) for r in request.tasks)
         return pb.CancelReply(cancelled=count)
 
@@ -51,7 +61,11 @@ class RegionService:
         self, request_iterator: AsyncIterator[pb.WorkerMessage],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
+        # The first message is read before a caller is refused: a refusal that races
+        # the caller's first write can reach it as INTERNAL instead of what it is.
         first = await context.read()
+        if self._mtls:
+            await require(context, has_role("worker"), "workers", "Connect")
         if first is grpc.aio.EOF or first.WhichOneof("body") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
             return

@@ -11,12 +11,12 @@
 -- ($10 seconds) is near at once; the scanner promotes the others ahead of their time.
 WITH inserted AS (
     INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s,
-                       retry_of, schedule, near)
-    SELECT u.*, u.run_at <= now() + $10::float8 * interval '1 second'
+                       retry_of, concurrency_key, schedule, near)
+    SELECT u.*, u.run_at <= now() + $11::float8 * interval '1 second'
     FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
-                $6::text[], $7::int[], $8::float8[], $9::uuid[], $11::text[])
+                $6::text[], $7::int[], $8::float8[], $9::uuid[], $10::text[], $12::text[])
         AS u (id, kind, payload, priority, run_at, region, max_attempts, timeout_s, retry_of,
-              schedule)
+              concurrency_key, schedule)
     RETURNING created_at
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
@@ -31,12 +31,13 @@ SELECT (SELECT created_at FROM inserted LIMIT 1) AS created_at, pg_notify('strat
 -- for). Returns the ids that were inserted.
 WITH inserted AS (
     INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s,
-                       retry_of, idempotency_key, fingerprint, near)
-    SELECT u.*, u.run_at <= now() + $12::float8 * interval '1 second'
+                       retry_of, concurrency_key, idempotency_key, fingerprint, near)
+    SELECT u.*, u.run_at <= now() + $13::float8 * interval '1 second'
     FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
-                $6::text[], $7::int[], $8::float8[], $9::uuid[], $10::text[], $11::text[])
+                $6::text[], $7::int[], $8::float8[], $9::uuid[], $10::text[], $11::text[],
+                $12::text[])
         AS u (id, kind, payload, priority, run_at, region, max_attempts, timeout_s, retry_of,
-              idempotency_key, fingerprint)
+              concurrency_key, idempotency_key, fingerprint)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, created_at
 ), counted AS (
@@ -46,6 +47,166 @@ WITH inserted AS (
 )
 SELECT array_agg(id) AS ids, min(created_at) AS created_at, pg_notify('strata_tasks', '')
 FROM inserted;
+
+-- name: insert_graph
+-- A batch where some task has parents: each row comes with the state the insert worked
+-- out (waiting on its unfinished parents, pending, or cancelled by a parent that had
+-- already failed), and its edges are kept for the statement that ends each parent.
+WITH inserted AS (
+    INSERT INTO tasks (id, kind, payload, priority, run_at, region, max_attempts, timeout_s,
+                       retry_of, concurrency_key, idempotency_key, fingerprint, state,
+                       waiting_on, depends_on, run_on_upstream_failure, has_dependents,
+                       error, finished_at, near)
+    SELECT u.id, u.kind, u.payload, u.priority, u.run_at, u.region, u.max_attempts,
+           u.timeout_s, u.retry_of, u.concurrency_key, u.idempotency_key, u.fingerprint,
+           u.state, u.waiting_on, u.depends_on::uuid[], u.run_on_upstream_failure,
+           u.has_dependents, u.error, CASE WHEN u.state = 'cancelled' THEN now() END,
+           u.run_at <= now() + $13::float8 * interval '1 second'
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::timestamptz[],
+                $6::text[], $7::int[], $8::float8[], $9::uuid[], $10::text[], $11::text[],
+                $12::text[], $14::text[], $15::int[], $16::text[], $17::bool[], $18::bool[],
+                $19::text[])
+        AS u (id, kind, payload, priority, run_at, region, max_attempts, timeout_s, retry_of,
+              concurrency_key, idempotency_key, fingerprint, state, waiting_on, depends_on,
+              run_on_upstream_failure, has_dependents, error)
+    RETURNING state, created_at
+), edges AS (
+    INSERT INTO task_deps (parent, child)
+    SELECT * FROM unnest($20::uuid[], $21::uuid[]) ON CONFLICT DO NOTHING
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT state, pg_backend_pid() % 16, count(*) FROM inserted GROUP BY state
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+)
+SELECT (SELECT created_at FROM inserted LIMIT 1) AS created_at, pg_notify('strata_tasks', '');
+
+-- name: lock_parents
+-- Parents named by new tasks, as they are now: each is locked (in id order, as every
+-- such insert locks them) and marked as having dependents, so the statement that ends
+-- it, now waiting for this insert, releases the children this insert makes.
+UPDATE tasks AS t SET has_dependents = true
+WHERE t.id = ANY (ARRAY (
+    SELECT id FROM tasks WHERE id = ANY ($1::uuid[]) ORDER BY id FOR UPDATE))
+RETURNING t.id, t.state;
+
+-- name: doomed_dependents
+-- What the tasks $1, that failed or were cancelled in this transaction, take with them:
+-- their children, and theirs after them, transitively (but for a child that runs
+-- whatever its parents did: on_upstream_failure "run"), each with the task whose end
+-- was the cause. A task waits exactly while it has parents left (waiting_on > 0, a
+-- check holds it so): that, never its state, is what these statements read, so each
+-- task is found by key however many wait, whatever the planner guesses of them.
+WITH RECURSIVE doomed (id, root) AS (
+    SELECT d.child, d.parent FROM task_deps AS d JOIN tasks AS c ON c.id = d.child
+    WHERE d.parent = ANY ($1::uuid[]) AND c.waiting_on > 0
+      AND NOT c.run_on_upstream_failure
+  UNION
+    SELECT d.child, x.root FROM doomed AS x
+    JOIN task_deps AS d ON d.parent = x.id JOIN tasks AS c ON c.id = d.child
+    WHERE c.waiting_on > 0 AND NOT c.run_on_upstream_failure
+), once AS (
+    SELECT DISTINCT ON (id) id, root FROM doomed ORDER BY id, root
+)
+SELECT ARRAY (SELECT id FROM once ORDER BY id) AS ids,
+       ARRAY (SELECT root FROM once ORDER BY id) AS roots;
+
+-- name: cancel_doomed
+-- The tasks doomed_dependents found ($1, each caused by $2), cancelled.
+WITH doomed AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS x (id, root)
+), cancelled AS (
+    UPDATE tasks AS t
+    SET state = 'cancelled', finished_at = now(), waiting_on = 0,
+        error = 'upstream ' || x.root || ' failed'
+    FROM doomed AS x
+    WHERE t.id = ANY ($1::uuid[]) AND t.id = x.id AND t.waiting_on > 0
+    RETURNING t.id
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT c.state, pg_backend_pid() % 16, c.sign * (SELECT count(*) FROM cancelled)
+    FROM (VALUES ('cancelled', 1), ('waiting', -1)) AS c (state, sign)
+    WHERE EXISTS (SELECT 1 FROM cancelled)
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+)
+SELECT ARRAY (SELECT id FROM cancelled) AS cancelled;
+
+-- name: release_dependents
+-- The children of the tasks $1 that ended in this transaction (cancelled ones among
+-- them, after cancel_doomed): each edge from them no longer holds its child back, and
+-- a child with none left is pending, due as it always was, and the scanners are woken.
+-- Set-wise: one statement for any number of parents and children.
+WITH freed AS (
+    SELECT child, count(*)::int AS n FROM task_deps WHERE parent = ANY ($1::uuid[])
+    GROUP BY child
+), released AS (
+    UPDATE tasks AS t
+    SET waiting_on = greatest(0, t.waiting_on - f.n),
+        state = CASE WHEN t.waiting_on <= f.n THEN 'pending' ELSE 'waiting' END,
+        near = t.run_at <= now() + $2::float8 * interval '1 second'
+    FROM freed AS f
+    WHERE t.id = ANY (ARRAY (SELECT child FROM freed)) AND t.id = f.child
+      AND t.waiting_on > 0
+    RETURNING t.state
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT c.state, pg_backend_pid() % 16, c.sign * (SELECT count(*) FROM released
+                                                     WHERE state = 'pending')
+    FROM (VALUES ('pending', 1), ('waiting', -1)) AS c (state, sign)
+    WHERE EXISTS (SELECT 1 FROM released WHERE state = 'pending')
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+)
+SELECT (SELECT count(*) FROM released WHERE state = 'pending') AS released,
+       CASE WHEN EXISTS (SELECT 1 FROM released WHERE state = 'pending')
+            THEN pg_notify('strata_tasks', '') END AS woken;
+
+-- name: dependents
+SELECT child FROM task_deps WHERE parent = $1 ORDER BY child LIMIT $2;
+
+-- name: task_graph
+-- The tasks around $1, up to $2 of them: its ancestors and its descendants, each found
+-- by key (parents from a child's own list, children from the edges), nearest first.
+WITH RECURSIVE up (id, depth) AS (
+    SELECT $1::uuid, 0
+  UNION
+    SELECT p.id, u.depth + 1 FROM up AS u JOIN tasks AS t ON t.id = u.id,
+        unnest(t.depends_on) AS p (id)
+    WHERE u.depth < $3
+), down (id, depth) AS (
+    SELECT $1::uuid, 0
+  UNION
+    SELECT d.child, w.depth + 1 FROM down AS w JOIN task_deps AS d ON d.parent = w.id
+    WHERE w.depth < $3
+), near_ids AS (
+    SELECT id, min(depth) AS depth FROM (SELECT * FROM up UNION ALL SELECT * FROM down) AS a
+    GROUP BY id ORDER BY min(depth), id LIMIT $2
+)
+SELECT t.id, t.kind, t.state, t.priority, t.depends_on, n.depth, t.payload::text AS payload
+FROM near_ids AS n JOIN tasks AS t ON t.id = n.id
+ORDER BY n.depth, t.id;
+
+-- name: reprioritize
+UPDATE tasks SET priority = $2 WHERE id = $1 AND state IN ('waiting', 'pending')
+RETURNING *;
+
+-- name: set_concurrency_limit
+INSERT INTO concurrency_limits (key, lim) VALUES ($1, $2)
+ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, updated_at = now();
+
+-- name: concurrency_keys
+-- Each key asked for ($1; NULL: every key with a limit) with its limit, how many of its
+-- tasks are in flight (at most about its limit, from their own index), and pending.
+SELECT k.key, l.lim,
+       (SELECT count(*) FROM tasks
+        WHERE state IN ('dispatched', 'running') AND concurrency_key = k.key) AS active,
+       (SELECT count(*) FROM tasks
+        WHERE state = 'pending' AND concurrency_key = k.key) AS pending
+FROM (SELECT key FROM concurrency_limits WHERE $1::text IS NULL
+      UNION SELECT $1 WHERE $1::text IS NOT NULL) AS k
+LEFT JOIN concurrency_limits AS l ON l.key = k.key
+ORDER BY k.key;
+
+-- name: clear_concurrency_limit
+DELETE FROM concurrency_limits WHERE key = $1;
 
 -- name: tasks_by_key
 SELECT * FROM tasks WHERE idempotency_key = ANY ($1::text[]);
@@ -57,13 +218,15 @@ SELECT * FROM tasks WHERE idempotency_key = ANY ($1::text[]);
 -- claims, and only until it commits.
 WITH free AS (
     SELECT id, priority, run_at FROM tasks
-    WHERE state = 'pending' AND near AND region IS NULL AND run_at <= now()
+    WHERE state = 'pending' AND near AND region IS NULL AND concurrency_key IS NULL
+      AND run_at <= now()
     ORDER BY priority DESC, run_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), pinned AS (
     SELECT id, priority, run_at FROM tasks
-    WHERE state = 'pending' AND near AND region = $1 AND run_at <= now()
+    WHERE state = 'pending' AND near AND region = $1 AND concurrency_key IS NULL
+      AND run_at <= now()
     ORDER BY priority DESC, run_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -78,27 +241,117 @@ WITH free AS (
     -- By key, whatever the planner guesses of the candidates' number.
     WHERE t.id = ANY (ARRAY (SELECT id FROM due))
     RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.priority,
-              t.run_at
+              t.run_at, t.depends_on
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
     SELECT 'pending', pg_backend_pid() % 16, -count(*) FROM claimed HAVING count(*) > 0
     ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 )
-SELECT * FROM claimed;
+-- A child gets its parents' outputs (a task without parents reads nothing more).
+SELECT c.*, CASE WHEN c.depends_on IS NOT NULL THEN (
+           SELECT jsonb_object_agg(p.id, p.output) FROM tasks AS p
+           WHERE p.id = ANY (c.depends_on))::text END AS parent_outputs
+FROM claimed AS c;
 
--- name: count_due
--- How many due tasks the live regions $1 could take, counted up to $2 (their room): a
--- region's share of a scan follows it, so a small batch is spread, not taken by one.
--- Pinned tasks count only for the regions counted.
-SELECT least($2, (SELECT count(*) FROM (
-    SELECT 1 FROM tasks
-    WHERE state = 'pending' AND near AND region IS NULL AND run_at <= now()
+-- name: lock_due_keys
+-- Up to $2 keys with near pending tasks, in key order from just after $1 round to it
+-- (each claim starts where the last one stopped), each read by a skip over the keyed
+-- claim index: one probe a key, however long its backlog. The limits of those keys are
+-- locked until the claim commits: claims of one limited key, from any master, take
+-- turns, and each counts what the one before it dispatched.
+WITH RECURSIVE after_cursor (key) AS (
+    (SELECT concurrency_key FROM tasks
+     WHERE state = 'pending' AND near AND concurrency_key > $1
+     ORDER BY concurrency_key LIMIT 1)
+  UNION ALL
+    SELECT (SELECT concurrency_key FROM tasks
+            WHERE state = 'pending' AND near AND concurrency_key > k.key
+            ORDER BY concurrency_key LIMIT 1)
+    FROM after_cursor AS k WHERE k.key IS NOT NULL
+), from_start (key) AS (
+    (SELECT concurrency_key FROM tasks
+     WHERE state = 'pending' AND near AND concurrency_key IS NOT NULL
+     ORDER BY concurrency_key LIMIT 1)
+  UNION ALL
+    SELECT (SELECT concurrency_key FROM tasks
+            WHERE state = 'pending' AND near AND concurrency_key > k.key
+            ORDER BY concurrency_key LIMIT 1)
+    FROM from_start AS k WHERE k.key IS NOT NULL AND k.key <= $1
+), keys AS (
+    (SELECT key FROM after_cursor WHERE key IS NOT NULL LIMIT $2)
+  UNION
+    (SELECT key FROM from_start WHERE key IS NOT NULL AND key <= $1 LIMIT $2)
+), locked AS (
+    SELECT key, lim FROM concurrency_limits WHERE key IN (SELECT key FROM keys)
+    ORDER BY key
+    FOR UPDATE
+)
+SELECT k.key, l.lim FROM keys AS k LEFT JOIN locked AS l ON l.key = k.key
+ORDER BY k.key > $1 DESC, k.key
+LIMIT $2;
+
+-- name: claim_fair
+-- As claim_due, when keyed tasks are due: each key ($3, with its limit $4 or NULL) is a
+-- lane, and so are the unkeyed tasks. A lane offers at most $5 tasks, and a limited key
+-- no more than its limit less what it has in flight (counted now, under the lock
+-- lock_due_keys took); the claim takes the lanes' first tasks, then their seconds, and
+-- so on: round-robin, by priority within a rank.
+WITH lanes AS (
+    SELECT l.key, CASE WHEN l.lim IS NULL THEN $5
+                       ELSE greatest(0, least($5, l.lim - (
+                           SELECT count(*) FROM tasks AS a
+                           WHERE a.state IN ('dispatched', 'running')
+                             AND a.concurrency_key = l.key))) END AS room
+    FROM unnest($3::text[], $4::int[]) AS l (key, lim)
+), keyed AS (
+    SELECT c.id, c.priority, c.run_at,
+           row_number() OVER (PARTITION BY c.concurrency_key
+                              ORDER BY priority DESC, run_at) AS rank
+    FROM lanes, LATERAL (
+        SELECT id, priority, run_at, concurrency_key FROM tasks
+        WHERE state = 'pending' AND near AND concurrency_key = lanes.key
+          AND (region IS NULL OR region = $1) AND run_at <= now()
+        ORDER BY priority DESC, run_at
+        LIMIT lanes.room
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), free AS (
+    SELECT id, priority, run_at FROM tasks
+    WHERE state = 'pending' AND near AND region IS NULL AND concurrency_key IS NULL
+      AND run_at <= now()
+    ORDER BY priority DESC, run_at
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+), pinned AS (
+    SELECT id, priority, run_at FROM tasks
+    WHERE state = 'pending' AND near AND region = $1 AND concurrency_key IS NULL
+      AND run_at <= now()
+    ORDER BY priority DESC, run_at
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+), unkeyed AS (
+    SELECT id, priority, run_at, row_number() OVER (ORDER BY priority DESC, run_at) AS rank
+    FROM (SELECT * FROM free UNION ALL SELECT * FROM pinned) AS u
+), due AS (
+    SELECT id FROM (SELECT * FROM keyed UNION ALL SELECT * FROM unkeyed) AS candidates
+    ORDER BY rank, priority DESC, run_at
     LIMIT $2
-) AS free) + (SELECT count(*) FROM (
-    SELECT 1 FROM tasks
-    WHERE state = 'pending' AND near AND region = ANY($1::text[]) AND run_at <= now()
-    LIMIT $2
-) AS pinned));
+), claimed AS (
+    UPDATE tasks AS t
+    SET state = 'dispatched', attempt = t.attempt + 1, assigned_region = $1,
+        picked_at = coalesce(t.picked_at, now()), claimed_at = now(), worker_id = NULL
+    WHERE t.id = ANY (ARRAY (SELECT id FROM due))
+    RETURNING t.id, t.attempt, t.kind, t.payload::text AS payload, t.timeout_s, t.priority,
+              t.run_at, t.depends_on
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT 'pending', pg_backend_pid() % 16, -count(*) FROM claimed HAVING count(*) > 0
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+)
+SELECT c.*, CASE WHEN c.depends_on IS NOT NULL THEN (
+           SELECT jsonb_object_agg(p.id, p.output) FROM tasks AS p
+           WHERE p.id = ANY (c.depends_on))::text END AS parent_outputs
+FROM claimed AS c;
 
 -- name: promote_near
 -- Pending tasks due within the claim horizon ($2 seconds) become near, the soonest due
@@ -141,18 +394,54 @@ SELECT least(
      ORDER BY run_at LIMIT 1)) AS run_at;
 
 -- name: region_room
--- Live regions and how many more tasks each will take: what it advertised it holds at
--- most, less what is already dispatched to it or running there.
-SELECT r.name, r.address, r.max_outstanding - coalesce(i.n, 0) AS room
-FROM regions AS r
+-- Live regions of master $2 (every live region when $2 is NULL) and how many more tasks
+-- each will take: what it advertised it holds at most, less what is already dispatched
+-- to it or running there. And, the same on every row (each evaluated once): whether any
+-- task with a concurrency key is due (claims then go key by key), and how many due tasks
+-- these regions could take, counted up to $3 (0: not counted), each from its claim
+-- index (read in its order, so that no other index is taken for it): unkeyed free,
+-- unkeyed pinned to one of them, keyed. A region's share of a scan
+-- follows that count, so a small batch is spread, not taken by one. One round trip for
+-- all of it, on every scan.
+WITH live AS MATERIALIZED (
+    SELECT name, address, max_outstanding FROM regions
+    WHERE state = 'up' AND last_heartbeat > now() - $1::float8 * interval '1 second'
+      AND ($2::text IS NULL OR master IS NULL OR master = $2)
+), names AS MATERIALIZED (
+    SELECT coalesce(array_agg(name), '{}') AS a FROM live
+)
+SELECT l.name, l.address, l.max_outstanding - coalesce(i.n, 0) AS room,
+       EXISTS (SELECT 1 FROM tasks
+               WHERE state = 'pending' AND near AND concurrency_key IS NOT NULL
+                 AND run_at <= now()) AS keyed_due,
+       (SELECT least($3, (SELECT count(*) FROM (
+            SELECT 1 FROM tasks
+            WHERE state = 'pending' AND near AND region IS NULL AND concurrency_key IS NULL
+              AND run_at <= now()
+            ORDER BY priority DESC, run_at  -- the claim index's order: read from it
+            LIMIT $3
+        ) AS free) + (SELECT count(*) FROM live AS lr, LATERAL (
+            -- Region by region: each a range of the pinned claim index.
+            SELECT 1 FROM tasks
+            WHERE state = 'pending' AND near AND region = lr.name
+              AND concurrency_key IS NULL AND run_at <= now()
+            ORDER BY priority DESC, run_at
+            LIMIT $3
+        ) AS pinned) + (SELECT count(*) FROM (
+            SELECT 1 FROM tasks
+            WHERE state = 'pending' AND near AND concurrency_key IS NOT NULL
+              AND (region IS NULL OR region = ANY ((SELECT a FROM names)::text[]))
+              AND run_at <= now()
+            LIMIT $3
+        ) AS keyed))) AS due
+FROM live AS l
 LEFT JOIN (
     SELECT assigned_region, count(*) AS n
     FROM tasks
     WHERE state IN ('dispatched', 'running')
     GROUP BY assigned_region
-) AS i ON i.assigned_region = r.name
-WHERE r.state = 'up' AND r.last_heartbeat > now() - $1::float8 * interval '1 second'
-ORDER BY r.name;
+) AS i ON i.assigned_region = l.name
+ORDER BY l.name;
 
 -- name: return_to_pending
 -- Attempts that never started (undeliverable batch, a region handing work back), for
@@ -178,9 +467,10 @@ WITH returned AS (
 SELECT id FROM returned;
 
 -- name: mark_started
+-- $5: the region that reported each start (reports of several regions go in one).
 WITH e AS (
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[])
-        AS e(id, attempt, worker_id, started_at)
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::text[])
+        AS e(id, attempt, worker_id, started_at, region)
 ), updated AS (
     UPDATE tasks AS t
     SET state = 'running', started_at = e.started_at, worker_id = e.worker_id
@@ -192,7 +482,7 @@ WITH e AS (
 ), hops AS (
     SELECT date_part('epoch', e.started_at - u.claimed_at) AS to_started,
            date_part('epoch', e.started_at - u.run_at) AS due_to_started,
-           date_part('epoch', e.started_at - u.lost_at) AS rescued, u.schedule
+           date_part('epoch', e.started_at - u.lost_at) AS rescued, u.schedule, e.region
     FROM updated AS u JOIN e ON e.id = u.id
 )
 -- One row: the stale starts (attempts no longer owned), and what the hop histograms
@@ -201,21 +491,25 @@ SELECT ARRAY (SELECT id FROM stale) AS stale_ids,
        ARRAY (SELECT attempt FROM stale) AS stale_attempts,
        NULL::text[] AS states, NULL::int[] AS counts,
        ARRAY (SELECT to_started FROM hops) AS to_started,
+       ARRAY (SELECT region FROM hops) AS hop_regions,
        ARRAY (SELECT due_to_started FROM hops) AS due_to_started,
        ARRAY (SELECT rescued FROM hops WHERE rescued IS NOT NULL) AS rescued,
        ARRAY (SELECT schedule FROM hops WHERE schedule IS NOT NULL) AS schedules,
-       ARRAY (SELECT due_to_started FROM hops WHERE schedule IS NOT NULL) AS schedule_lags;
+       ARRAY (SELECT due_to_started FROM hops WHERE schedule IS NOT NULL) AS schedule_lags,
+       NULL::uuid[] AS ended, NULL::uuid[] AS failed;
 
 -- name: mark_finished
 -- A failure with attempts left goes back to pending with an exponential backoff;
--- rows come back only for stale events (attempt no longer owned).
+-- rows come back only for stale events (attempt no longer owned). $17: the region that
+-- reported each result (reports of several regions go in one).
 WITH e AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::bool[], $4::text[], $5::timestamptz[],
                          $6::timestamptz[], $7::int[], $8::text[], $9::text[], $12::text[],
-                         $13::bool[], $14::bool[], $15::int[], $16::bool[], $18::bool[])
+                         $13::bool[], $14::bool[], $15::int[], $16::bool[], $18::bool[],
+                         $17::text[])
         AS e(id, attempt, ok, worker_id, started_at, finished_at, exit_code, output, error,
              stderr, output_truncated, stderr_truncated, killed_processes, timed_out,
-             start_unreported)
+             start_unreported, region)
 ), updated AS (
     UPDATE tasks AS t
     SET state = CASE
@@ -249,7 +543,7 @@ WITH e AS (
                        THEN t.lost_at END
     FROM e
     WHERE t.id = e.id AND t.attempt = e.attempt AND t.state IN ('dispatched', 'running')
-    RETURNING t.id, t.state, t.claimed_at, t.run_at, t.lost_at, t.schedule
+    RETURNING t.id, t.state, t.claimed_at, t.run_at, t.lost_at, t.schedule, t.has_dependents
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
     SELECT u.state, pg_backend_pid() % 16, count(*) FROM updated AS u
@@ -259,17 +553,17 @@ WITH e AS (
 ), stale AS (
     SELECT e.* FROM e WHERE NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = e.id)
 ), recorded AS (
-    -- Each applied result ends its attempt (region $17 reported it); a stale one, of a
+    -- Each applied result ends its attempt (its region reported it); a stale one, of a
     -- task that exists, says that attempt's result came and was dropped.
     INSERT INTO attempts (task_id, attempt, region, worker_id, claimed_at, started_at,
                           finished_at, outcome, reason, exit_code)
-    SELECT e.id, e.attempt, $17, e.worker_id, u.claimed_at, e.started_at, e.finished_at,
+    SELECT e.id, e.attempt, e.region, e.worker_id, u.claimed_at, e.started_at, e.finished_at,
            CASE WHEN e.ok THEN 'succeeded' WHEN e.timed_out THEN 'timed_out'
                 ELSE 'failed' END,
            e.error, e.exit_code
     FROM e JOIN updated AS u ON u.id = e.id
   UNION ALL
-    SELECT s.id, s.attempt, $17, s.worker_id, NULL, s.started_at, s.finished_at, 'stale',
+    SELECT s.id, s.attempt, s.region, s.worker_id, NULL, s.started_at, s.finished_at, 'stale',
            'its result came when the attempt was no longer the task''s own: dropped',
            s.exit_code
     FROM stale AS s WHERE EXISTS (SELECT 1 FROM tasks WHERE id = s.id)
@@ -280,7 +574,7 @@ WITH e AS (
 , hops AS (
     SELECT date_part('epoch', e.started_at - u.claimed_at) AS to_started,
            date_part('epoch', e.started_at - u.run_at) AS due_to_started,
-           date_part('epoch', e.started_at - u.lost_at) AS rescued, u.schedule
+           date_part('epoch', e.started_at - u.lost_at) AS rescued, u.schedule, e.region
     FROM updated AS u JOIN e ON e.id = u.id
     WHERE e.start_unreported AND e.started_at IS NOT NULL AND u.state <> 'pending'
 ), counts AS (
@@ -290,19 +584,24 @@ SELECT ARRAY (SELECT id FROM stale) AS stale_ids,
        ARRAY (SELECT attempt FROM stale) AS stale_attempts,
        ARRAY (SELECT state FROM counts) AS states, ARRAY (SELECT n FROM counts) AS counts,
        ARRAY (SELECT to_started FROM hops) AS to_started,
+       ARRAY (SELECT region FROM hops) AS hop_regions,
        ARRAY (SELECT due_to_started FROM hops) AS due_to_started,
        ARRAY (SELECT rescued FROM hops WHERE rescued IS NOT NULL) AS rescued,
        ARRAY (SELECT schedule FROM hops WHERE schedule IS NOT NULL) AS schedules,
-       ARRAY (SELECT due_to_started FROM hops WHERE schedule IS NOT NULL) AS schedule_lags;
+       ARRAY (SELECT due_to_started FROM hops WHERE schedule IS NOT NULL) AS schedule_lags,
+       -- Ended tasks that have children to release (see release_dependents), and of
+       -- those the ones that failed (see doomed_dependents).
+       ARRAY (SELECT id FROM updated WHERE has_dependents AND state <> 'pending') AS ended,
+       ARRAY (SELECT id FROM updated WHERE has_dependents AND state = 'failed') AS failed;
 
 -- name: mark_evicted
--- Attempts whose worker $3 died; the region ($5) runs them again on another of its
+-- Attempts whose worker $3 died; their region ($5) runs them again on another of its
 -- workers, under the same attempt. Applied before a report's starts, so the attempt is
 -- still the dead worker's, or not yet known to have started (its start came in the same
 -- report as the eviction); recorded once, however often the report is sent.
 WITH e AS (
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[])
-        AS e(id, attempt, worker_id, reason)
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[])
+        AS e(id, attempt, worker_id, reason, region)
 ), evicted AS (
     UPDATE tasks AS t
     SET state = 'dispatched', worker_id = NULL, started_at = NULL,
@@ -314,11 +613,12 @@ WITH e AS (
           SELECT 1 FROM attempts AS a
           WHERE a.task_id = e.id AND a.attempt = e.attempt AND a.worker_id = e.worker_id
             AND a.outcome = 'evicted')
-    RETURNING t.id, t.attempt, e.worker_id, old.claimed_at, old.started_at, e.reason
+    RETURNING t.id, t.attempt, e.worker_id, old.claimed_at, old.started_at, e.reason,
+              e.region
 )
 INSERT INTO attempts (task_id, attempt, region, worker_id, claimed_at, started_at,
                       outcome, reason)
-SELECT id, attempt, $5, worker_id, claimed_at, started_at, 'evicted', reason
+SELECT id, attempt, region, worker_id, claimed_at, started_at, 'evicted', reason
 FROM evicted;
 
 -- name: list_attempts
@@ -332,19 +632,21 @@ UPDATE regions SET stale_results = stale_results + $2 WHERE name = $1;
 
 -- name: upsert_region
 -- Returns the state the region had before ('down' means the master gave its work away).
+-- $8: the master it talks to now (NULL: leave it as it was).
 WITH before AS (SELECT state FROM regions WHERE name = $1)
 INSERT INTO regions (name, address, state, last_heartbeat, capacity, max_outstanding,
-                     running, queued, workers)
-VALUES ($1, $2, 'up', now(), $3, $4, $5, $6, $7::jsonb)
+                     running, queued, workers, master)
+VALUES ($1, $2, 'up', now(), $3, $4, $5, $6, $7::jsonb, $8)
 ON CONFLICT (name) DO UPDATE
 SET address = excluded.address, state = 'up', last_heartbeat = now(),
     capacity = excluded.capacity, max_outstanding = excluded.max_outstanding,
-    running = excluded.running, queued = excluded.queued, workers = excluded.workers
+    running = excluded.running, queued = excluded.queued, workers = excluded.workers,
+    master = coalesce(excluded.master, regions.master)
 RETURNING (SELECT state FROM before) AS previous_state;
 
 -- name: list_regions
 SELECT name, address, state, registered_at, last_heartbeat, capacity, max_outstanding,
-       running, queued, workers::text AS workers, stale_results,
+       running, queued, workers::text AS workers, stale_results, master,
        state = 'up' AND last_heartbeat > now() - $1::float8 * interval '1 second' AS live
 FROM regions
 ORDER BY name;
@@ -397,12 +699,13 @@ LIMIT $5;
 -- name: cancel_task
 -- Returns the row as it was before, so the caller knows whether a region holds it.
 WITH before AS (
-    SELECT id, state, assigned_region, attempt, worker_id, claimed_at, started_at
+    SELECT id, state, assigned_region, attempt, worker_id, claimed_at, started_at,
+           has_dependents
     FROM tasks WHERE id = $1 FOR UPDATE
 ), updated AS (
-    UPDATE tasks AS t SET state = 'cancelled', finished_at = now()
+    UPDATE tasks AS t SET state = 'cancelled', finished_at = now(), waiting_on = 0
     FROM before b
-    WHERE t.id = b.id AND b.state IN ('pending', 'dispatched', 'running')
+    WHERE t.id = b.id AND b.state IN ('waiting', 'pending', 'dispatched', 'running')
     RETURNING t.id
 ), recorded AS (
     -- An attempt in flight ends with it.
@@ -413,15 +716,16 @@ WITH before AS (
     FROM updated, before AS b
     WHERE b.state IN ('dispatched', 'running')
 ), counted AS (
-    -- Cancelled, and no longer pending if it was.
+    -- Cancelled, and no longer pending (or waiting) if it was.
     INSERT INTO task_counts (state, slot, n)
     SELECT c.state, pg_backend_pid() % 16, c.n
     FROM updated, before AS b,
-         LATERAL (VALUES ('cancelled', 1), ('pending', -1)) AS c (state, n)
-    WHERE c.state = 'cancelled' OR b.state = 'pending'
+         LATERAL (VALUES ('cancelled', 1), (b.state, -1)) AS c (state, n)
+    WHERE c.state IN ('cancelled', 'pending', 'waiting')
     ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
 )
-SELECT b.state, b.assigned_region, b.attempt, EXISTS (SELECT 1 FROM updated) AS cancelled
+SELECT b.state, b.assigned_region, b.attempt, EXISTS (SELECT 1 FROM updated) AS cancelled,
+       b.has_dependents
 FROM before b;
 
 -- name: count_by_state
@@ -615,7 +919,13 @@ WITH old_succeeded AS (
     UNION ALL SELECT id FROM old_cancelled
 ), removed AS (
     DELETE FROM tasks AS t USING old WHERE t.id = old.id
-    RETURNING t.id, t.state
+    RETURNING t.id, t.state, t.depends_on, t.has_dependents
+), edges_out AS (
+    -- Its edges, each found by key: to its children, and from its parents.
+    DELETE FROM task_deps AS d USING removed AS r WHERE r.has_dependents AND d.parent = r.id
+), edges_in AS (
+    DELETE FROM task_deps AS d USING removed AS r, unnest(r.depends_on) AS p (id)
+    WHERE d.parent = p.id AND d.child = r.id
 ), counted AS (
     INSERT INTO task_counts (state, slot, n)
     SELECT state, pg_backend_pid() % 16, -count(*) FROM removed GROUP BY state
@@ -629,3 +939,23 @@ SELECT count(*) FROM removed;
 -- Fire records kept as long as the tasks they made.
 DELETE FROM schedule_fires
 WHERE ctid IN (SELECT ctid FROM schedule_fires WHERE fire_time < $1 LIMIT $2);
+
+-- name: insert_api_token
+-- Nothing comes back when the name is taken (a hash taken is a unique violation: two
+-- random tokens do not collide).
+INSERT INTO api_tokens (name, hash) VALUES ($1, $2)
+ON CONFLICT (name) DO NOTHING
+RETURNING name, created_at;
+
+-- name: list_api_tokens
+SELECT name, created_at, last_used_at FROM api_tokens ORDER BY name;
+
+-- name: api_token_hashes
+-- What every master reads about once a second: a handful of rows.
+SELECT hash FROM api_tokens;
+
+-- name: delete_api_token
+DELETE FROM api_tokens WHERE name = $1;
+
+-- name: touch_api_tokens
+UPDATE api_tokens SET last_used_at = now() WHERE hash = ANY($1::text[]);

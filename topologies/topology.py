@@ -86,6 +86,9 @@ def _schedule(value: Any) -> ScheduleSpec:
 
 class Topology(_Strict):
     name: str
+    # Mutual TLS on every link, HTTPS for the REST API: `strata up` makes the
+    # certificates (once, under its data dir); `strata compose` mounts them as secrets.
+    tls: bool = False
     master: MasterSpec = MasterSpec()
     settings: dict[str, Scalar] = Field(default_factory=dict)
     regions: list[RegionSpec] = Field(min_length=1)

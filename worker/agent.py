@@ -1,7 +1,13 @@
 """The worker's side of its region stream: take assignments, run them, report back.
 
 One persistent bidirectional stream; reconnects with capped, jittered backoff. Events
-wait in an ordered buffer while the stream is down and go out on the next one."""
+wait in an ordered buffer while the stream is down and go out on the next one.
+
+With TLS, a certificate reload (SIGHUP) ends the stream on purpose and opens a new one
+with the new credentials at once: the worker stops writing and half-closes, reads what
+the region still sends until the region ends its side, then says hello again with what
+it runs, as after any reconnect. Nothing is lost: results not yet acknowledged are sent
+again, and the region keeps a reconnecting worker's tasks for it."""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from strata.common.errors import CircuitOpen, StrataError, Unavailable
 from strata.common.events import TaskRef
 from strata.common.retry import Backoff, of_type, retrying
 from strata.common.settings import WorkerSettings
+from strata.common.tls import Tls
 from strata.proto import strata_pb2 as pb
 from strata.proto import strata_pb2_grpc as rpc
 from strata.worker.runner import Runner
@@ -41,9 +48,16 @@ class LinkLost(Exception):
 
 
 class Agent:
-    def __init__(self, settings: WorkerSettings, runner: Runner, worker_id: str) -> None:
+    def __init__(self, settings: WorkerSettings, runner: Runner, worker_id: str, *,
+                 tls: Tls | None = None) -> None:
         self.id = worker_id
         self._settings = settings
+        self._tls = tls
+        # Set by a TLS reload: end the current stream and open one with the new files.
+        self._renew = asyncio.Event()
+        self._renewing = False
+        if tls is not None:
+            tls.on_reload(self._renew.set)
         self._runner = runner
         self._running: dict[TaskRef, asyncio.Task[None]] = {}
         self._call: grpc.aio.StreamStreamCall[pb.WorkerMessage, pb.RegionMessage] | None = None
@@ -82,17 +96,28 @@ class Agent:
     async def run(self) -> None:
         """Keep a stream to the region, reconnecting with backoff that starts over once
         a stream has stayed up a while. An open breaker is waited out, not counted as a
-        new failure."""
-        async for attempt in retrying(
-            "region link", RECONNECT, retry_on=of_type(LinkLost), action="region_link_lost",
-            extra={"worker": self.id},
-        ):
-            with attempt:
-                await self._connected_session()
+        new failure. A stream ended for new credentials is opened again at once."""
+        while True:
+            async for attempt in retrying(
+                "region link", RECONNECT, retry_on=of_type(LinkLost),
+                action="region_link_lost", extra={"worker": self.id},
+            ):
+                with attempt:
+                    await self._connected_session()
 
     async def _connected_session(self) -> None:
+        """Returns only when the stream was ended to take up new credentials."""
+        self._renew.clear()  # a new stream takes the current files anyway
+        self._renewing = False
         try:
             await self._session()
+            if self._renewing:
+                logger.info(
+                    "stream to region %s ended for new TLS credentials; reconnecting",
+                    self._settings.region,
+                    extra={"action": "region_stream_renewed", "worker": self.id},
+                )
+                return
             raise LinkLost("the region closed the stream")
         except CircuitOpen as exc:
             logger.debug("region breaker open", extra={"action": "region_breaker_wait"})
@@ -133,7 +158,8 @@ class Agent:
         return call, interval
 
     async def _session(self) -> None:
-        async with channels.channel(self._settings.region) as channel:
+        async with channels.channel(self._settings.region, tls=self._tls,
+                                    server_name=self._settings.tls_server_name) as channel:
             call, interval = await self.breaker.call(lambda: self._handshake(channel))
             async with self._write_lock:
                 for seq, events in list(self._unacked):
@@ -146,6 +172,7 @@ class Agent:
                 extra={"action": "region_connected", "worker": self.id},
             )
             beats = asyncio.create_task(self._beat(interval), name="beats")
+            renewal = asyncio.create_task(self._end_for_renewal(call), name="renewal")
             try:
                 while (message := await call.read()) is not grpc.aio.EOF:
                     body = message.WhichOneof("body")
@@ -162,7 +189,19 @@ class Agent:
                             self._unacked.popleft()
             finally:
                 beats.cancel()
-                await asyncio.gather(beats, return_exceptions=True)
+                renewal.cancel()
+                await asyncio.gather(beats, renewal, return_exceptions=True)
+
+    async def _end_for_renewal(self, call: Any) -> None:
+        """Once told to renew: stop writing on this stream (writes wait for the next) and
+        half-close it; the region then ends its side, after what it still had for us."""
+        await self._renew.wait()
+        async with self._write_lock:
+            self._renewing = True
+            if self._call is call:
+                self._call = None
+                self.connected = False
+            await call.done_writing()
 
     def _holding(self) -> set[TaskRef]:
         """What this worker still answers for: running, or finished with the result not
@@ -221,7 +260,8 @@ class Agent:
         self._unsent_started[ref] = started
         self.events.put_nowait(started)
         try:
-            outcome = await self._runner.run(spec.kind, spec.payload_json, spec.timeout_s)
+            outcome = await self._runner.run(spec.kind, spec.payload_json, spec.timeout_s,
+                                             parent_outputs_json=spec.parent_outputs_json)
         except asyncio.CancelledError:
             self._unsent_started.pop(ref, None)
             # Stopped (by the region, or by our shutdown): say so, which frees the slot

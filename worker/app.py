@@ -10,11 +10,12 @@ import uuid
 
 from aiohttp import web
 
+from strata.common import tls as tlsmod
 from strata.common.settings import WorkerSettings
 from strata.common.supervise import TaskSet, first_of, stop_on_signals
 from strata.worker.agent import Agent
 from strata.worker.health import health_app
-from strata.worker.runner import Runner
+from strata.worker.runner import Runner, resolve_run_as
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,15 @@ def default_worker_id() -> str:
 
 
 async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> None:
+    tls = tlsmod.from_settings(settings)  # a bad file is a ConfigError now, not later
     stop = stop or stop_on_signals()
-    runner = Runner(python_modules=settings.python_modules, output_limit=settings.output_limit)
-    agent = Agent(settings, runner, settings.id or default_worker_id())
+    if tls is not None:
+        tls.reload_on()  # SIGHUP: the stream to the region is made again with the new files
+    # Before anything listens: a --run-as the worker cannot honour stops it here.
+    run_as = await resolve_run_as(settings.run_as, python_modules=settings.python_modules)
+    runner = Runner(python_modules=settings.python_modules, output_limit=settings.output_limit,
+                    run_as=run_as)
+    agent = Agent(settings, runner, settings.id or default_worker_id(), tls=tls)
 
     http = web.AppRunner(health_app(agent, settings.region), access_log=None)
     await http.setup()

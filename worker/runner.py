@@ -1,25 +1,33 @@
 """Runs one task of any kind and reports what happened as an ``Outcome``.
 
 A failing task is an outcome, not an exception: ``run`` raises only ``CancelledError``.
+
+A shell task may run as another user than the worker (``--run-as``, see
+:func:`resolve_run_as`): its process drops to that user before it becomes the shell.
+Http and python tasks always run in the worker process, as the worker's own user.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import json
 import logging
 import os
+import pwd
 import signal
+import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from strata.common.errors import ConfigError
 from strata.common.kinds import (
     HttpPayload,
     NoopPayload,
@@ -36,6 +44,145 @@ DEFAULT_OUTPUT_LIMIT = 64 * 1024
 READ_CHUNK = 64 * 1024
 # How long a killed process group gets to close its pipe before we stop waiting for it.
 REAP_GRACE_S = 5.0
+# How a task with parents receives their outputs: a shell task in this variable, a
+# python handler as this keyword argument.
+PARENT_OUTPUTS_ENV = "STRATA_PARENT_OUTPUTS"
+PARENT_OUTPUTS_ARG = "parent_outputs"
+
+# Each parent task's id to its output (stdout's tail), or None.
+ParentOutputs = dict[str, str | None]
+# How long the check that the worker can switch to the --run-as user may take.
+RUN_AS_CHECK_TIMEOUT_S = 10.0
+# What a shell task as another user is started through: this interpreter, isolated (-I
+# -S: no site, no PYTHON* variables), changes its groups, gid and uid (real, effective
+# and saved alike: root cannot be taken back), then execs the rest of its arguments in
+# its place, same pid. Not Popen's user=, group= and extra_groups=: given those, Popen
+# forks instead of vforking, and fork runs the fork handlers of the libraries in the
+# worker; gRPC's start threads in the child, which crash it.
+_SWITCH_FAILED = 126
+_NO_HOME = 3  # the start-up check's shell could not enter the user's home
+_SWITCH_USER = f"""\
+import os, sys
+uid, gid, groups = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+try:
+    os.setgroups([int(g) for g in groups.split(",") if g])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+except OSError as exc:
+    sys.stderr.write(f"cannot switch to uid {{uid}}: {{exc.strerror}}\\n")
+    sys.exit({_SWITCH_FAILED})
+os.execv(sys.argv[4], sys.argv[4:])
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskUser:
+    """The user shell tasks run as, looked up once when the worker starts: a change to
+    the user's groups or home reaches its tasks when the worker restarts."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # every group of the user, as initgroups(3) gives them
+    home: str
+    cwd: str  # where its shells start: its home if it can enter it, else /
+
+    def environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` (the worker's environment), with the user's HOME, USER and LOGNAME."""
+        return {**base, "HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+    def argv(self, program: str, *args: str) -> list[str]:
+        """The command line that runs ``program`` as this user (see ``_SWITCH_USER``).
+        Its whole list of groups is always given, else it would keep the worker's."""
+        return [sys.executable, "-I", "-S", "-c", _SWITCH_USER, str(self.uid), str(self.gid),
+                ",".join(map(str, self.groups)), program, *args]
+
+
+async def resolve_run_as(
+    name: str | None, *, python_modules: Sequence[str] = ()
+) -> TaskUser | None:
+    """The user shell tasks run as, or None for the worker's own user; called once, as
+    the worker starts. Raises ``ConfigError`` for a user that does not exist, or one the
+    worker cannot switch to: only root can, and it is checked by running a shell as
+    that user. Naming the worker's own user changes nothing (None).
+
+    A worker running as root without ``--run-as`` runs its shell tasks as root: that is
+    allowed, with a warning."""
+    euid = os.geteuid()
+    as_root = euid == 0
+    if name is None:
+        if as_root:
+            also = " and python handlers" if python_modules else ""
+            logger.warning(
+                "the worker runs as root, and so do its shell tasks%s: give --run-as USER "
+                "(STRATA_RUN_AS) to run shell tasks as an unprivileged user", also,
+                extra={"action": "tasks_run_as_root"},
+            )
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"--run-as {name}: no such user") from None
+    if entry.pw_uid == euid:
+        logger.info(
+            "shell tasks run as %s, the worker's own user", name,
+            extra={"action": "run_as_self", "user": name},
+        )
+        return None
+    if not as_root:
+        raise ConfigError(
+            f"--run-as {name}: the worker runs as {_user_name(euid)}, not as root, so it "
+            "cannot run tasks as another user: start it as root, or without --run-as")
+    user = await _checked(TaskUser(
+        name=name, uid=entry.pw_uid, gid=entry.pw_gid,
+        groups=tuple(os.getgrouplist(name, entry.pw_gid)), home=entry.pw_dir, cwd="/",
+    ))
+    where = user.cwd if user.cwd == user.home else f"/ (it cannot enter its home {user.home})"
+    logger.info(
+        "shell tasks run as %s (uid %d, gid %d), in %s", name, user.uid, user.gid, where,
+        extra={"action": "run_as", "user": name, "uid": user.uid},
+    )
+    if python_modules:
+        logger.warning(
+            "python handlers still run as root, in the worker process: --run-as applies "
+            "to shell tasks only", extra={"action": "python_handlers_run_as_root"},
+        )
+    return user
+
+
+async def _checked(user: TaskUser) -> TaskUser:
+    """Start a shell as ``user`` the way a task's is started, from /, and have it enter
+    the user's home: the switch works (it does not where the worker lacks the right to
+    change ids, a container without CAP_SETUID for one), and the shells start in the
+    home if it can, else in /."""
+    process = await asyncio.create_subprocess_exec(
+        *user.argv("/bin/sh", "-c", f'cd -- "$1" 2>/dev/null || exit {_NO_HOME}', "sh",
+                   user.home),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env=user.environment(os.environ), cwd=user.cwd,
+    )
+    try:
+        async with asyncio.timeout(RUN_AS_CHECK_TIMEOUT_S):
+            _, stderr = await process.communicate()
+    except TimeoutError:  # a home on a file system that hangs
+        process.kill()
+        await process.wait()
+        raise ConfigError(f"--run-as {user.name}: a shell started as {user.name} did not "
+                          f"enter its home {user.home} within {RUN_AS_CHECK_TIMEOUT_S:g}s"
+                          ) from None
+    if process.returncode == _NO_HOME:
+        return user  # its shells start in /
+    if process.returncode != 0:
+        why = stderr.decode(errors="replace").strip() or f"exit code {process.returncode}"
+        raise ConfigError(f"--run-as {user.name}: {why}")
+    return dataclasses.replace(user, cwd=user.home)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,14 +231,26 @@ class _Tail:
 
 class Runner:
     def __init__(
-        self, *, python_modules: Sequence[str], output_limit: int = DEFAULT_OUTPUT_LIMIT
+        self, *, python_modules: Sequence[str], output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        run_as: TaskUser | None = None,
     ) -> None:
+        """``run_as``: the user shell tasks run as (see :func:`resolve_run_as`); None,
+        the worker's own."""
         self._python_modules = tuple(python_modules)
         self._output_limit = output_limit
+        self._run_as = run_as
         self._session: aiohttp.ClientSession | None = None
 
-    async def run(self, kind: str, payload_json: str, timeout_s: float) -> Outcome:
-        """Run a task; ``timeout_s`` of zero or less means no timeout."""
+    async def run(
+        self, kind: str, payload_json: str, timeout_s: float, parent_outputs_json: str = ""
+    ) -> Outcome:
+        """Run a task; ``timeout_s`` of zero or less means no timeout.
+
+        ``parent_outputs_json`` is empty for a task without parents, else a JSON object of
+        each parent's id to its output (or null): a shell task finds it verbatim in
+        ``STRATA_PARENT_OUTPUTS``, a python handler that can take it gets it parsed as
+        ``parent_outputs``, and the other kinds have no use for it.
+        """
         try:
             payload = parse_payload(kind, json.loads(payload_json))
         except KeyError:
@@ -105,12 +264,20 @@ class Runner:
                 extra={"action": "payload_rejected", "kind": kind},
             )
             return _failed(f"invalid {kind} payload: {_one_line(exc)}")
+        try:
+            parents = _parse_parent_outputs(parent_outputs_json)
+        except ValueError as exc:
+            logger.warning(
+                "rejected the parent outputs of a %s task: %s", kind, exc,
+                extra={"action": "parent_outputs_rejected", "kind": kind},
+            )
+            return _failed(f"invalid parent outputs: {_one_line(exc)}")
 
         out = _Output(_Tail(self._output_limit), _Tail(self._output_limit))
         deadline = asyncio.timeout(timeout_s if timeout_s > 0 else None)
         try:
             async with deadline:
-                return await self._run_kind(payload, out)
+                return await self._run_kind(payload, out, parents, parent_outputs_json)
         except TimeoutError as exc:
             if not deadline.expired():  # raised by the task itself, not our deadline
                 return _crashed(kind, exc, out)
@@ -131,14 +298,19 @@ class Runner:
             session, self._session = self._session, None
             await session.close()
 
-    async def _run_kind(self, payload: Payload, out: _Output) -> Outcome:
+    async def _run_kind(
+        self, payload: Payload, out: _Output, parents: ParentOutputs | None,
+        parent_outputs_json: str,
+    ) -> Outcome:
         match payload:
             case ShellPayload():
-                return await self._run_shell(payload, out)
+                # No parents, no variable.
+                env = self._shell_env(None if parents is None else parent_outputs_json)
+                return await self._run_shell(payload, out, env)
             case HttpPayload():
                 return await self._run_http(payload, out.stdout)
             case PythonPayload():
-                return await self._run_python(payload, out)
+                return await self._run_python(payload, out, parents)
             case SleepPayload():
                 await asyncio.sleep(payload.seconds)
                 return Outcome(ok=True, exit_code=None, output="", error=None)
@@ -146,8 +318,20 @@ class Runner:
                 return Outcome(ok=True, exit_code=None, output="", error=None)
         raise TypeError(f"no runner for {type(payload).__name__}")
 
-    async def _run_shell(self, payload: ShellPayload, out: _Output) -> Outcome:
-        shell = await _spawn_shell(payload.command, out)
+    def _shell_env(self, parent_outputs_json: str | None) -> dict[str, str] | None:
+        """A shell task's environment: the worker's, with its user's HOME, USER and
+        LOGNAME when it runs as another user, and its parents' outputs when it has
+        parents. None: nothing to add, the worker's own as it is."""
+        env = None if self._run_as is None else self._run_as.environment(os.environ)
+        if parent_outputs_json is not None:
+            env = {**(os.environ if env is None else env),
+                   PARENT_OUTPUTS_ENV: parent_outputs_json}
+        return env
+
+    async def _run_shell(
+        self, payload: ShellPayload, out: _Output, env: dict[str, str] | None
+    ) -> Outcome:
+        shell = await _spawn_shell(payload.command, out, env, self._run_as)
         reading = asyncio.create_task(out.read_from(shell.process), name="read_output")
         try:
             await shell.exited.wait()
@@ -185,7 +369,9 @@ class Runner:
         return Outcome(ok=ok, exit_code=status, output=tail.text(), error=error,
                        output_truncated=tail.truncated)
 
-    async def _run_python(self, payload: PythonPayload, out: _Output) -> Outcome:
+    async def _run_python(
+        self, payload: PythonPayload, out: _Output, parents: ParentOutputs | None
+    ) -> Outcome:
         module_name, _, function_name = payload.handler.partition(":")
         if not any(
             module_name == allowed or module_name.startswith(allowed + ".")
@@ -206,6 +392,13 @@ class Runner:
 
         args: list[Any] = payload.args if isinstance(payload.args, list) else []
         kwargs: dict[str, Any] = payload.args if isinstance(payload.args, dict) else {}
+        if parents is not None:
+            # Refused rather than letting one silently replace the other.
+            if PARENT_OUTPUTS_ARG in kwargs:
+                return _failed(f"args may not name {PARENT_OUTPUTS_ARG}: "
+                               "it is the parents' outputs")
+            if _takes_parent_outputs(function):
+                kwargs = {**kwargs, PARENT_OUTPUTS_ARG: parents}
         try:
             if inspect.iscoroutinefunction(function):
                 value = await function(*args, **kwargs)
@@ -267,21 +460,30 @@ class _Shell:
         return self.process.pid  # also its process group's id (a session of its own)
 
 
-async def _start_shell(command: str) -> _Shell:
+async def _start_shell(command: str, env: dict[str, str] | None,
+                       user: TaskUser | None) -> _Shell:
+    """``env`` None inherits the worker's environment; ``user`` None runs the shell as
+    the worker's own user, in the worker's directory."""
     loop = asyncio.get_running_loop()
+    shell = ("/bin/sh", "-c", command)
     transport, protocol = await loop.subprocess_exec(
         lambda: _ExitAware(limit=READ_CHUNK, loop=loop),
-        "/bin/sh", "-c", command,
+        *(shell if user is None else user.argv(*shell)),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own process group, so one kill reaches every child
+        env=env,
+        # As another user the worker is root: the group is made before the ids change,
+        # the switch keeps the pid, and root may kill any process.
+        cwd=None if user is None else user.cwd,
     )
     return _Shell(asyncio.subprocess.Process(transport, protocol, loop), protocol.exited)
 
 
-async def _spawn_shell(command: str, out: _Output) -> _Shell:
-    spawning = asyncio.create_task(_start_shell(command), name="spawn_shell")
+async def _spawn_shell(command: str, out: _Output, env: dict[str, str] | None,
+                       user: TaskUser | None) -> _Shell:
+    spawning = asyncio.create_task(_start_shell(command, env, user), name="spawn_shell")
     try:
         return await asyncio.shield(spawning)
     except asyncio.CancelledError:
@@ -317,6 +519,8 @@ async def _end_group(shell: _Shell, out: _Output, reading: asyncio.Task[None]) -
     its exit. Counts what was killed into ``out``."""
     left = _group_members(shell.pid)
     if left:
+        # A task run as another user is a root worker's, and root may signal any
+        # process: the kill, and the count from /proc, are the same for it.
         with contextlib.suppress(ProcessLookupError):  # the group may be gone already
             os.killpg(shell.pid, signal.SIGKILL)
         out.killed += left
@@ -336,6 +540,36 @@ async def _end_group(shell: _Shell, out: _Output, reading: asyncio.Task[None]) -
             "process group %s still holds its pipe after SIGKILL", shell.pid,
             extra={"action": "process_reap_abandoned", "pid": shell.pid},
         )
+
+
+def _parse_parent_outputs(text: str) -> ParentOutputs | None:
+    """The parents' outputs, or None for a task without parents (an empty text).
+    Raises ValueError when the text is not an object of outputs (text or null)."""
+    if not text:
+        return None
+    parents = json.loads(text)
+    if not isinstance(parents, dict):
+        raise ValueError(f"not a JSON object: {text[:100]}")
+    for parent, output in parents.items():
+        if output is not None and not isinstance(output, str):
+            raise ValueError(f"the output of parent {parent!r} is neither text nor null")
+    return parents
+
+
+def _takes_parent_outputs(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` accepts ``parent_outputs`` as a keyword: by that name or
+    through ``**kwargs``. A handler that cannot is called as it was before parents."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == PARENT_OUTPUTS_ARG
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                           inspect.Parameter.KEYWORD_ONLY))
+        for p in parameters
+    )
 
 
 def _failed(error: str, *, output: str = "") -> Outcome:

@@ -1,9 +1,14 @@
 // The Strata dashboard: plain JavaScript over the master's REST API, no build step and
 // nothing fetched from elsewhere. Hash routes: #/ (overview), #/tasks?state=&region=&kind=
-// (tasks), #/tasks/ID (one task), #/regions. Kept live by /v1/events (Server-Sent Events);
-// while that stream cannot be had, by polling.
+// (tasks), #/tasks/ID (one task, with the DAG around it), #/regions. Kept live by
+// /v1/events (Server-Sent Events); while that stream cannot be had, by polling.
+// A master with API tokens answers 401: the page then asks for one (once, however many
+// calls were refused), keeps it in sessionStorage (this tab, until closed) and sends it
+// as Authorization: Bearer on every call. EventSource cannot send a header: with a token
+// the stream is read with fetch(), which resumes after Last-Event-ID as EventSource does.
+// The token never goes in a URL.
 
-const STATES = ["pending", "dispatched", "running", "succeeded", "failed", "cancelled"];
+const STATES = ["waiting", "pending", "dispatched", "running", "succeeded", "failed", "cancelled"];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const KINDS = ["shell", "http", "python", "noop", "sleep"];
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -11,7 +16,11 @@ const PAGE = 50;
 const POLL_MS = 3000;          // while the event stream is unavailable
 const REFRESH_MS = 10000;      // with it: ages and rates move with time alone
 const EVENTS_RETRY_MS = 30000; // how soon a refused stream is tried again
+const STREAM_RETRY_MS = 2000;  // how soon a stream that ended is taken up again
+const TOKEN_KEY = "strata.token";
 const THROTTLE_MS = 250;       // events are coalesced into one refresh at most this often
+const DAG_MAX = 200;           // tasks of a task's graph drawn at most, the nearest ones
+const LINKS_MAX = 12;          // parents or dependents listed by id among a task's fields
 
 // ---- small helpers ------------------------------------------------------------------
 
@@ -51,10 +60,70 @@ class ApiError extends Error {
   }
 }
 
+// ---- the API token ------------------------------------------------------------------
+
+function storedToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY) || null; } catch { return null; }
+}
+
+let token = storedToken();
+let asking = null; // the one question pending: a promise of the token given
+
+function authorization() {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+// A call was refused (401) with `sent` (null: none): ask for a token, once for every
+// call refused meanwhile; resolves with the token given.
+function askToken(sent) {
+  if (token !== sent) return Promise.resolve(token); // given meanwhile: try that one
+  if (!asking) {
+    asking = new Promise((resolve) => {
+      const box = document.getElementById("signin");
+      const form = document.getElementById("signin-form");
+      const input = document.getElementById("signin-token");
+      const why = document.getElementById("signin-why");
+      box.toggleAttribute("data-refused", sent !== null);
+      why.textContent = sent === null ? "This Strata needs an API token."
+        : "That API token was not accepted: it is wrong, or it was revoked.";
+      if (sent !== null) forgetToken();
+      box.hidden = false;
+      input.value = "";
+      input.focus();
+      form.onsubmit = (e) => {
+        e.preventDefault();
+        const given = input.value.trim();
+        if (!given) return;
+        token = given;
+        try { sessionStorage.setItem(TOKEN_KEY, given); } catch { /* kept in memory only */ }
+        box.hidden = true;
+        form.onsubmit = null;
+        asking = null;
+        resolve(given);
+        tokenGiven();
+      };
+    });
+  }
+  return asking;
+}
+
+function forgetToken() {
+  token = null;
+  try { sessionStorage.removeItem(TOKEN_KEY); } catch { /* not kept */ }
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, {
-    ...options, headers: { Accept: "application/json", ...(options.headers || {}) },
-  });
+  let response;
+  for (;;) {
+    const sent = token;
+    response = await fetch(path, {
+      ...options,
+      headers: { Accept: "application/json", ...authorization(), ...(options.headers || {}) },
+    });
+    if (response.status !== 401) break;
+    // Nothing was done: the call is made again once there is a token to try.
+    await askToken(sent);
+  }
   let body = null;
   try { body = await response.json(); } catch { /* not JSON */ }
   if (!response.ok) {
@@ -451,24 +520,32 @@ class TasksView extends View {
   }
 }
 
-// One task: its fields, payload, attempts as a timeline, result, Cancel and Retry.
+// One task: its fields, the DAG around it, payload, attempts as a timeline, result,
+// Cancel and Retry. Follows the events of every task its graph shows.
 class TaskView extends View {
   mount() {
+    this.graph = null;
+    this.graphIds = new Set();
     this.root.replaceChildren(
       h("div", { class: "view-error" }),
       this.body = h("div", {}, h("p", { class: "muted", text: "Loading…" })),
     );
   }
 
-  wants(event) { return !event || event.id === this.route.id; }
+  wants(event) { return !event || event.id === this.route.id || this.graphIds.has(event.id); }
 
   async load() {
     const id = this.route.id;
-    let task, attempts;
+    const path = `/v1/tasks/${encodeURIComponent(id)}`;
+    let task, attempts, graph;
     try {
-      [task, attempts] = await Promise.all([
-        api(`/v1/tasks/${encodeURIComponent(id)}`),
-        api(`/v1/tasks/${encodeURIComponent(id)}/attempts`),
+      [task, attempts, graph] = await Promise.all([
+        api(path),
+        api(`${path}/attempts`),
+        // No graph to be had (a master without the route): no section. Another failure
+        // keeps the graph drawn last.
+        api(`${path}/graph?limit=${DAG_MAX}`).catch((err) =>
+          (err.status === 404 || err.status === 400 ? null : this.graph)),
       ]);
     } catch (err) {
       if (err.status === 404 || err.status === 400) {
@@ -481,10 +558,24 @@ class TaskView extends View {
     if (!this.alive) return;
     this.clearError();
     this.task = task;
-    this.body.replaceChildren(this.render(task, attempts.attempts || []));
+    this.graph = graph;
+    this.graphIds = new Set(graph ? graph.nodes.map((n) => n.id) : []);
+    // A redraw keeps where the graph was scrolled to; the first shows the task itself.
+    const before = this.body.querySelector(".dag-wrap");
+    const scroll = before ? [before.scrollLeft, before.scrollTop] : null;
+    this.body.replaceChildren(this.render(task, attempts.attempts || [], graph));
+    const wrap = this.body.querySelector(".dag-wrap");
+    if (wrap && scroll) [wrap.scrollLeft, wrap.scrollTop] = scroll;
+    else if (wrap) {
+      const box = wrap.querySelector(".dag-node.root rect");
+      if (box) {
+        wrap.scrollLeft = Number(box.getAttribute("x")) - wrap.clientWidth / 2;
+        wrap.scrollTop = Number(box.getAttribute("y")) - wrap.clientHeight / 2;
+      }
+    }
   }
 
-  render(t, attempts) {
+  render(t, attempts, graph) {
     const r = t.result || {};
     const terminal = TERMINAL.has(t.state);
     const retryable = t.state === "failed" || t.state === "cancelled";
@@ -520,7 +611,17 @@ class TaskView extends View {
           field("Ran for", t.started_at ? fmtDuration(between(t.started_at, t.finished_at || new Date().toISOString())) : dash),
           t.retry_of ? field("Retry of", h("a", { class: "mono", href: `#/tasks/${t.retry_of}`,
             text: shortId(t.retry_of) })) : null,
-          t.idempotency_key ? field("Idempotency key", h("span", { class: "mono", text: t.idempotency_key })) : null)),
+          t.idempotency_key ? field("Idempotency key", h("span", { class: "mono", text: t.idempotency_key })) : null,
+          t.concurrency_key ? field("Concurrency key", h("span", { class: "mono concurrency-key",
+            text: t.concurrency_key })) : null,
+          t.depends_on && t.depends_on.length
+            ? [field("Depends on", taskLinks(t.depends_on, "depends-on")),
+              field("If a parent fails", t.on_upstream_failure === "run" ? "run anyway" : "cancel")]
+            : null,
+          t.dependents && t.dependents.length
+            ? field("Dependents", taskLinks(t.dependents, "dependents", t.dependents.length >= 1000))
+            : null)),
+      graph && graph.nodes.length > 1 ? dagPanel(graph, t.id) : null,
       h("div", { class: "split" },
         h("section", { class: "panel" }, h("h2", { text: "Payload" }),
           h("pre", { class: "code payload", text: JSON.stringify(t.payload, null, 2) })),
@@ -557,10 +658,142 @@ class TaskView extends View {
   }
 }
 
+// Tasks named by their ids' first characters, each a link to its page.
+function taskLinks(ids, name, capped = false) {
+  const shown = ids.slice(0, LINKS_MAX);
+  const rest = ids.length - shown.length;
+  return h("span", { class: `task-links ${name}` },
+    shown.map((id) => h("a", { class: "mono", href: `#/tasks/${id}`, title: id, text: shortId(id) })),
+    rest > 0 ? h("span", { class: "muted small", text: `and ${rest}${capped ? "+" : ""} more` }) : null);
+}
+
+// ---- the DAG around a task ----------------------------------------------------------
+
+const DAG = { w: 176, h: 42, colGap: 64, rowGap: 12, pad: 10, chars: 22 };
+
+// A layered drawing: each task in the column of its longest path from the graph's
+// sources (parents left of their children; a source just left of its nearest child),
+// each column ordered by a few sweeps that sort its tasks by the mean position of their
+// neighbours in the columns before (or after), so fewer edges cross; columns centred.
+function layoutDag(nodes, edges) {
+  const ids = new Set(nodes.map((n) => n.id));
+  const parents = new Map(nodes.map((n) => [n.id, []]));
+  const children = new Map(nodes.map((n) => [n.id, []]));
+  const kept = [];
+  for (const e of edges) {
+    if (!ids.has(e.parent) || !ids.has(e.child) || e.parent === e.child) continue;
+    parents.get(e.child).push(e.parent);
+    children.get(e.parent).push(e.child);
+    kept.push(e);
+  }
+  const layer = new Map();
+  const unmet = new Map(nodes.map((n) => [n.id, parents.get(n.id).length]));
+  const queue = nodes.filter((n) => unmet.get(n.id) === 0).map((n) => n.id);
+  for (const id of queue) layer.set(id, 0);
+  for (let i = 0; i < queue.length; i++) {
+    const id = queue[i];
+    for (const c of children.get(id)) {
+      layer.set(c, Math.max(layer.get(c) ?? 0, layer.get(id) + 1));
+      unmet.set(c, unmet.get(c) - 1);
+      if (unmet.get(c) === 0) queue.push(c);
+    }
+  }
+  // On a cycle (the API makes none): after the rest.
+  const last = Math.max(0, ...queue.map((id) => layer.get(id)));
+  const ordered = new Set(queue);
+  for (const n of nodes) if (!ordered.has(n.id)) layer.set(n.id, last + 1);
+  for (const id of queue) {
+    const below = children.get(id).map((c) => layer.get(c));
+    if (parents.get(id).length === 0 && below.length) layer.set(id, Math.max(0, Math.min(...below) - 1));
+  }
+  const byLayer = new Map();
+  for (const n of nodes) {
+    const l = layer.get(n.id);
+    if (!byLayer.has(l)) byLayer.set(l, []);
+    byLayer.get(l).push(n.id);
+  }
+  const layers = [...byLayer.keys()].sort((a, b) => a - b).map((l) => byLayer.get(l));
+
+  // A task's position: its place in its column, measured from the column's middle.
+  const pos = new Map();
+  const place = (col) => col.forEach((id, i) => pos.set(id, i - (col.length - 1) / 2));
+  layers.forEach(place);
+  const mean = (list, own) => (list.length
+    ? list.reduce((sum, id) => sum + pos.get(id), 0) / list.length : own);
+  for (let sweep = 0; sweep < 6; sweep++) {
+    const down = sweep % 2 === 0;
+    for (const col of down ? layers.slice(1) : layers.slice(0, -1).reverse()) {
+      const key = new Map(col.map((id) => [id, mean((down ? parents : children).get(id), pos.get(id))]));
+      col.sort((a, b) => key.get(a) - key.get(b));
+      place(col);
+    }
+  }
+
+  const tallest = Math.max(...layers.map((col) => col.length));
+  const colHeight = (k) => k * DAG.h + (k - 1) * DAG.rowGap;
+  const at = new Map();
+  layers.forEach((col, l) => {
+    const top = DAG.pad + (colHeight(tallest) - colHeight(col.length)) / 2;
+    col.forEach((id, i) => at.set(id, {
+      x: DAG.pad + l * (DAG.w + DAG.colGap), y: top + i * (DAG.h + DAG.rowGap) }));
+  });
+  return {
+    at, edges: kept,
+    width: 2 * DAG.pad + layers.length * DAG.w + (layers.length - 1) * DAG.colGap,
+    height: 2 * DAG.pad + colHeight(tallest),
+  };
+}
+
+function dagSvg(graph, rootId) {
+  const nodes = graph.nodes.slice(0, DAG_MAX);
+  const { at, edges, width, height } = layoutDag(nodes, graph.edges || []);
+  const arrow = (id) => s("marker", { id, viewBox: "0 0 10 10", refX: 9, refY: 5,
+    markerWidth: 7, markerHeight: 7, markerUnits: "userSpaceOnUse", orient: "auto" },
+  s("path", { d: "M0,1 L10,5 L0,9 z", class: "dag-arrow" }));
+  const lines = edges.map((e) => {
+    const p = at.get(e.parent), c = at.get(e.child);
+    const x1 = p.x + DAG.w, y1 = p.y + DAG.h / 2, x2 = c.x - 1, y2 = c.y + DAG.h / 2;
+    const dx = Math.max(24, Math.abs(x2 - x1) / 2);
+    const near = e.parent === rootId || e.child === rootId;
+    return s("path", { class: `dag-edge${near ? " near" : ""}`, "data-parent": e.parent,
+      "data-child": e.child, "marker-end": `url(#dag-arrow${near ? "-near" : ""})`,
+      d: `M${x1},${y1} C${x1 + dx},${y1} ${x2 - dx},${y2} ${x2},${y2}` });
+  });
+  const boxes = nodes.map((n) => {
+    const { x, y } = at.get(n.id);
+    const root = n.id === rootId;
+    const label = n.label || n.kind;
+    const short = label.length > DAG.chars ? `${label.slice(0, DAG.chars - 1)}…` : label;
+    return s("a", { href: `#/tasks/${n.id}`, class: `dag-node n-${n.state}${root ? " root" : ""}`,
+      "data-task-id": n.id, "data-state": n.state,
+      "aria-label": `${root ? "this task" : `task ${shortId(n.id)}`}: ${label}, ${n.state}` },
+    s("title", { text: `${label}\n${n.kind} · ${n.state} · priority ${n.priority}\n${n.id}` }),
+    s("rect", { x, y, width: DAG.w, height: DAG.h, rx: 7 }),
+    s("text", { x: x + 10, y: y + 17, class: "dag-label", text: short }),
+    s("text", { x: x + 10, y: y + 33, class: "dag-state", text: `${n.state} · ${n.kind}` }));
+  });
+  return s("svg", { class: "dag", width, height, viewBox: `0 0 ${width} ${height}`,
+    role: "group", "aria-label": "the tasks this one depends on and those that depend on it" },
+  s("defs", {}, arrow("dag-arrow"), arrow("dag-arrow-near")),
+  s("g", { class: "dag-edges" }, lines), s("g", { class: "dag-nodes" }, boxes));
+}
+
+function dagPanel(graph, rootId) {
+  const shown = Math.min(graph.nodes.length, DAG_MAX);
+  const more = graph.truncated || graph.nodes.length > DAG_MAX;
+  return h("section", { class: "panel deps" },
+    h("h2", {}, "Dependencies"),
+    h("div", { class: "dag-wrap" }, dagSvg(graph, rootId)),
+    h("p", { class: "muted small dag-note" },
+      `${shown} tasks: parents to the left, dependents to the right. Click one to open it.`,
+      more ? h("span", { class: "dag-more", text: " (more not shown)" }) : null));
+}
+
 function timeline(task, attempts) {
   if (attempts.length === 0) {
     return h("p", { class: "muted empty",
-      text: task.state === "pending" ? "Not claimed yet." : "No attempts recorded." });
+      text: task.state === "waiting" ? "Waiting for its parents."
+        : task.state === "pending" ? "Not claimed yet." : "No attempts recorded." });
   }
   const now = Date.now();
   const times = [ms(task.created_at)];
@@ -691,6 +924,7 @@ let timer = null;
 let pending = null;
 let mode = "connecting";
 let stream = null;
+let retryTimer = null;
 
 function setMode(next) {
   mode = next;
@@ -714,29 +948,151 @@ function schedule(now = false) {
   timer = setTimeout(() => schedule(true), mode === "events" ? REFRESH_MS : POLL_MS);
 }
 
+// One message of the stream, as the EventSource and the fetch() reader both give it.
+function onMessage(name, data) {
+  if (name === "task") {
+    let change = null;
+    try { change = JSON.parse(data); } catch { return; }
+    onEvent(change);
+  }
+  // dropped: fell behind (the server closes the stream, and it is taken up again);
+  // missed: events were lost before this stream began (its Last-Event-ID was too old).
+  else if (name === "dropped" || name === "missed") onEvent(null);
+}
+
+// Refused (no such route, or not an event stream): poll, and try again later.
+function streamRefused() {
+  stream = null;
+  setMode("polling");
+  clearTimeout(retryTimer);
+  retryTimer = setTimeout(connect, EVENTS_RETRY_MS);
+}
+
 function connect() {
+  clearTimeout(retryTimer);
+  if (token && typeof fetch === "function" && typeof TextDecoderStream === "function") {
+    stream = new TokenStream();
+    return;
+  }
   if (typeof EventSource === "undefined") { setMode("polling"); return; }
-  stream = new EventSource("/v1/events");
-  stream.addEventListener("open", () => setMode("events"));
-  stream.addEventListener("task", (e) => {
-    let data = null;
-    try { data = JSON.parse(e.data); } catch { return; }
-    onEvent(data);
+  const source = new EventSource("/v1/events");
+  stream = source;
+  source.addEventListener("open", () => setMode("events"));
+  for (const name of ["task", "dropped", "missed"]) {
+    source.addEventListener(name, (e) => onMessage(name, e.data));
+  }
+  source.addEventListener("error", () => {
+    if (stream !== source) return;
+    // A 401 closes it too: polling then asks for the token, which reconnects.
+    if (source.readyState === EventSource.CLOSED) streamRefused();
+    else if (mode === "events") setMode("reconnecting");
   });
-  // Fell behind: the server closes the stream and the browser reconnects by itself.
-  stream.addEventListener("dropped", () => onEvent(null));
-  // Events were lost before this stream began (its Last-Event-ID was too old).
-  stream.addEventListener("missed", () => onEvent(null));
-  stream.addEventListener("error", () => {
-    if (stream.readyState === EventSource.CLOSED) {
-      // Refused (no such route, or not an event stream): poll, and try again later.
-      stream = null;
-      setMode("polling");
-      setTimeout(connect, EVENTS_RETRY_MS);
-    } else if (mode === "events") {
+}
+
+// A token was given: the stream is taken up again with it.
+function tokenGiven() {
+  if (stream) stream.close();
+  stream = null;
+  connect();
+}
+
+// /v1/events read with fetch(), so that it carries the token; taken up again after the
+// last event id it saw (Last-Event-ID) whenever it ends, as EventSource would.
+class TokenStream {
+  constructor() {
+    this.lastId = "";
+    this.retryMs = STREAM_RETRY_MS;
+    this.abort = new AbortController();
+    this.closed = false;
+    this.run();
+  }
+
+  close() {
+    this.closed = true;
+    this.abort.abort();
+  }
+
+  pause() {
+    return new Promise((resolve) => setTimeout(resolve, this.retryMs));
+  }
+
+  async run() {
+    while (!this.closed) {
+      const sent = token;
+      const headers = { Accept: "text/event-stream", ...authorization() };
+      if (this.lastId) headers["Last-Event-ID"] = this.lastId;
+      let response = null;
+      try {
+        response = await fetch("/v1/events", { headers, cache: "no-store",
+          signal: this.abort.signal });
+      } catch {
+        if (this.closed) return;
+        if (mode === "events") setMode("reconnecting");
+        await this.pause();
+        continue;
+      }
+      if (response.status === 401) {
+        // The token was revoked meanwhile: taken up again with the one given next.
+        this.close();
+        if (stream === this) stream = null;
+        setMode("polling");
+        await askToken(sent);
+        if (stream === null) connect();
+        return;
+      }
+      const type = response.headers.get("Content-Type") || "";
+      if (!response.ok || !response.body || !type.startsWith("text/event-stream")) {
+        this.close();
+        if (stream === this) streamRefused();
+        return;
+      }
+      setMode("events");
+      try {
+        await this.read(response.body);
+      } catch {
+        // cut: taken up again below
+      }
+      if (this.closed) return;
       setMode("reconnecting");
+      await this.pause();
     }
-  });
+  }
+
+  // The stream's lines, as the EventSource specification reads them.
+  async read(body) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    // A \r at the end of what came may be half of a \r\n: it waits for the rest.
+    const eol = /\r\n|\r(?!$)|\n/g;
+    let buffer = "";
+    let name = "", data = [], id = this.lastId;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done || this.closed) return;
+      buffer += value;
+      let start = 0;
+      eol.lastIndex = 0;
+      for (let m = eol.exec(buffer); m; m = eol.exec(buffer)) {
+        const line = buffer.slice(start, m.index);
+        start = eol.lastIndex;
+        if (line === "") {
+          this.lastId = id;
+          if (data.length) onMessage(name || "message", data.join("\n"));
+          name = "";
+          data = [];
+          continue;
+        }
+        if (line.startsWith(":")) continue; // a keep-alive
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") name = text;
+        else if (field === "data") data.push(text);
+        else if (field === "id" && !text.includes("\0")) id = text;
+        else if (field === "retry" && /^\d+$/.test(text)) this.retryMs = Number(text);
+      }
+      buffer = buffer.slice(start);
+    }
+  }
 }
 
 function render() {

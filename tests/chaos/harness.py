@@ -95,12 +95,12 @@ class ChaosCluster(Cluster):
     def worker_target(self, region: str) -> str:
         return self.workers_link(region).listen
 
-    async def start_region(self, name: str, **env: str) -> None:
+    async def start_region(self, name: str, *, wait: bool = True, **env: str) -> None:
         port = self.region_ports.setdefault(name, free_port())
         await self._link(f"{name}.to_master", f"127.0.0.1:{self.grpc_port}")
         await self._link(f"{name}.from_master", f"127.0.0.1:{port}")
         await self._link(f"{name}.workers", f"127.0.0.1:{port}")
-        await super().start_region(name, **env)
+        await super().start_region(name, wait=wait, **env)
 
     # ---- what the processes said ----------------------------------------------------
 

@@ -105,7 +105,8 @@ class ToxiproxyServer:
     async def create_link(self, name: str, upstream: str) -> Link:
         """A proxy on a free port of 127.0.0.1 forwarding to ``upstream``."""
         proxy = await asyncio.to_thread(
-            self.client().create, upstream=upstream, name=name, listen=f"{HOST}:0"
+            self.client().create, upstream=upstream, name=name,
+            listen=f"{HOST}:{free_port()}"
         )
         return Link(name=name, proxy=proxy)
 

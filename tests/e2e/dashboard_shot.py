@@ -24,16 +24,17 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, ViewportSize, async_playwright, expect
 
 from strata.common.client import Client
 from strata.local.cluster import Cluster, wait_until
 from strata.local.postgres import EmbeddedPostgres, free_port
 
 CHROMIUM = os.environ.get("STRATA_CHROMIUM", "/usr/bin/chromium")
-VIEWPORT = {"width": 1360, "height": 860}
+VIEWPORT: ViewportSize = {"width": 1360, "height": 860}
 EXPECT_TIMEOUT_MS = 20_000
-VIEWS = ("overview", "tasks", "task", "regions")
+# "dag" is a task's page too, one whose task has parents or dependents: its graph drawn.
+VIEWS = ("overview", "tasks", "task", "dag", "regions")
 
 
 @asynccontextmanager
@@ -53,13 +54,15 @@ async def show(page: Page, view: str, *, task_id: str | None = None) -> None:
     """Go to one view by its hash route (the page is not reloaded) and wait until it
     shows data."""
     route = {"overview": "#/", "tasks": "#/tasks", "regions": "#/regions",
-             "task": f"#/tasks/{task_id}"}[view]
+             "task": f"#/tasks/{task_id}", "dag": f"#/tasks/{task_id}"}[view]
     await page.evaluate("route => { location.hash = route; }", route)
-    await expect(page.locator("body")).to_have_attribute("data-view", view)
+    await expect(page.locator("body")).to_have_attribute(
+        "data-view", "task" if view == "dag" else view)
     ready = {
         "overview": "[data-state-count='succeeded'], .regions-table",
         "tasks": ".tasks-table",
         "task": f".task-page[data-task-id='{task_id}']",
+        "dag": f".task-page[data-task-id='{task_id}'] svg.dag",
         "regions": ".workers-table",
     }[view]
     await expect(page.locator(ready).first).to_be_visible()
@@ -68,7 +71,7 @@ async def show(page: Page, view: str, *, task_id: str | None = None) -> None:
 
 async def capture(page: Page, out_dir: Path, *, task_id: str,
                   views: tuple[str, ...] = VIEWS) -> dict[str, Path]:
-    """A screenshot of each view (the task view shows ``task_id``), as
+    """A screenshot of each view (the task and dag views show ``task_id``), as
     ``<out_dir>/<view>.png``; the page is on the dashboard already."""
     shots = {}
     for view in views:
@@ -84,8 +87,9 @@ async def capture(page: Page, out_dir: Path, *, task_id: str,
 # ---- the README's picture -----------------------------------------------------------
 
 
-async def seed(c: Client) -> str:
-    """Some work of each kind and outcome; returns the id of a task worth showing."""
+async def seed(c: Client) -> tuple[str, str]:
+    """Some work of each kind and outcome; returns the id of a task worth showing, and of
+    one whose graph is."""
     ids = await c.create_batch(
         [{"kind": "shell", "command": f"echo building report {i}; sleep 0.{i % 4}"}
          for i in range(18)]
@@ -98,18 +102,33 @@ async def seed(c: Client) -> str:
                            command="echo 'resized 128 images'; echo 'uploaded to s3://media'")
     long = await c.create(kind="shell", command="sleep 300", priority=5)
     doomed = await c.create(kind="shell", command="sleep 300")
+    # A pipeline half done: its second stage running, the rest waiting on it.
+    dag = await c.create_batch([
+        {"kind": "shell", "command": "echo extracted", "key": "extract"},
+        {"kind": "shell", "command": "echo cleaned", "key": "clean", "depends_on": ["extract"]},
+        {"kind": "shell", "command": "sleep 300 # transform", "key": "transform",
+         "depends_on": ["extract"]},
+        {"kind": "shell", "command": "./load-warehouse.sh", "key": "load",
+         "depends_on": ["clean", "transform"]},
+        {"kind": "http", "url": "https://example.com/hooks/loaded", "key": "notify",
+         "depends_on": ["load"]},
+        {"kind": "python", "handler": "reports.daily:build", "key": "report",
+         "depends_on": ["load"]},
+    ])
     await c.create(kind="shell", command="./nightly-backup.sh",
                    run_at=(datetime.now(UTC) + timedelta(hours=6)).isoformat())
     for task_id in [*ids, failing["id"], shown["id"]]:
         await c.wait(task_id, timeout_s=60)
 
     async def running(task_id: str) -> bool:
-        return (await c.get(task_id))["state"] == "running"
+        return bool((await c.get(task_id))["state"] == "running")
 
     await wait_until(lambda: running(doomed["id"]), what="a long task running")
     await c.cancel(doomed["id"])
     await wait_until(lambda: running(long["id"]), what="a long task running")
-    return str(shown["id"])
+    await c.wait(dag[1], timeout_s=60)
+    await wait_until(lambda: running(dag[2]), what="a pipeline's stage running")
+    return str(shown["id"]), dag[3]
 
 
 async def _screenshot(home: Path, database_url: str, view: str) -> Path:
@@ -123,11 +142,13 @@ async def _screenshot(home: Path, database_url: str, view: str) -> Path:
         await cluster.start_worker("us-east", "us-east-w2")
         await cluster.start_worker("eu-west", "eu-west-w1", concurrency=2)
         async with cluster.client() as c:
-            task_id = await seed(c)
+            task_id, dag_id = await seed(c)
             async with browser_page() as page:
                 await page.goto(cluster.api + "/")
                 await expect(page.locator("#live")).to_have_attribute("data-mode", "events")
-                shots = await capture(page, home / "shots", task_id=task_id, views=(view,))
+                shots = await capture(page, home / "shots",
+                                      task_id=dag_id if view == "dag" else task_id,
+                                      views=(view,))
             return shots[view]
     finally:
         cluster.stop()

@@ -10,9 +10,13 @@ and nothing else: every check stays on, for every case.
   is RFC 3339 but a 400 (out of range in UTC). Valid date-times are drawn from that range.
 - A task pinned to a region must name a region the master knows (else 400: it would
   wait forever), and the items of a batch that name an idempotency key each need a key of
-  their own (else 400). Neither is a property of the one value a schema describes, so a
-  case generated as valid gets the region the test registered and keys made distinct.
-  A case generated as invalid is left exactly as generated.
+  their own (else 400), as do the items that have a ``key``. A task's ``depends_on``
+  names tasks that exist, or in a batch other items by key, without a cycle (else 400).
+  None of these is a property of the one value a schema describes, so a case generated
+  as valid gets the region the test registered, keys made distinct, and parents that
+  exist: the task the test made (STRATA_TEST_PARENT) or, in a batch, earlier items
+  (given a key if they had none). A case generated as invalid is left exactly as
+  generated.
 - A schedule's ``cron`` must be a cron expression and its ``timezone`` an IANA time zone
   (the schema says strings: which strings, only cronsim and tzdata know); a valid case
   gets one of a few real ones, chosen by the generated text. Its ``end_at`` must come
@@ -27,6 +31,7 @@ from __future__ import annotations
 import base64
 import os
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -35,6 +40,8 @@ from hypothesis import strategies as st
 from schemathesis.core.parameters import ParameterLocation
 
 KNOWN_REGION = os.environ.get("STRATA_TEST_REGION", "eu")
+# A task that exists: what a valid depends_on names, but for other items of a batch.
+PARENT = os.environ.get("STRATA_TEST_PARENT")
 CREATES = {"POST /v1/tasks", "POST /v1/tasks/batch"}
 SCHEDULES = {"POST /v1/schedules", "PATCH /v1/schedules/{name}"}
 CRONS = ("* * * * *", "*/5 * * * *", "0 9 * * 1-5", "30 2 * * *", "0 0 1 * *",
@@ -72,14 +79,39 @@ schemathesis.openapi.format(
     "date-time", st.datetimes(timezones=_OFFSETS).filter(_in_utc).map(_rfc3339))
 
 
-def _repair(task: Any, index: int) -> None:
+def _repair(task: Any, index: int, earlier: Sequence[str] = ()) -> None:
+    """A task body (index -1) or a batch's item (``earlier``: the keys of the items before
+    it) made valid in what its schema cannot say."""
     if not isinstance(task, dict):
         return
     if isinstance(task.get("region"), str):
         task["region"] = KNOWN_REGION
-    key = task.get("idempotency_key")
-    if isinstance(key, str) and index >= 0:
-        task["idempotency_key"] = f"{key[:190]}#{index}"
+    for field in ("idempotency_key", "key"):
+        key = task.get(field)
+        if isinstance(key, str) and index >= 0:
+            task[field] = f"{key[:190]}#{index}"
+    parents = task.get("depends_on")
+    if isinstance(parents, list):
+        # Earlier items only: no cycle, no item its own parent.
+        choices = len(earlier) + (PARENT is not None)
+        task["depends_on"] = [
+            earlier[n] if n < len(earlier) else PARENT
+            for n in (sum(map(ord, str(p))) % choices for p in parents)] if choices else []
+
+
+def _repair_batch(tasks: list[Any]) -> None:
+    """Items whose depends_on names earlier items, each of which then needs a key."""
+    last_child = max((i for i, t in enumerate(tasks)
+                      if isinstance(t, dict) and t.get("depends_on")), default=-1)
+    earlier: list[str] = []
+    for index, task in enumerate(tasks):
+        _repair(task, index, earlier)
+        if not isinstance(task, dict):
+            continue
+        if not isinstance(task.get("key"), str) and index < last_child:
+            task["key"] = f"item#{index}"
+        if isinstance(task.get("key"), str):
+            earlier.append(task["key"])
 
 
 def _pick(choices: tuple[str, ...], generated: str) -> str:
@@ -126,5 +158,4 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     if case.operation.label == "POST /v1/tasks":
         _repair(body, -1)
     elif isinstance(body, dict) and isinstance(body.get("tasks"), list):
-        for index, task in enumerate(body["tasks"]):
-            _repair(task, index)
+        _repair_batch(body["tasks"])

@@ -1,5 +1,7 @@
 """Thousands of generated requests against a real master: never a 5xx, every error in
-the JSON error shape, and nothing written for a request that was refused.
+the JSON error shape, and nothing written for a request that was refused. Again with an
+API token: each request with it, without one or with a wrong one; every one without the
+token is a 401 (but for the probes, which need none), and writes nothing.
 
 Derandomized (a fixed seed), so a run is the same every time and a failure reproduces.
 """
@@ -17,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from strata.common.tokens import new_token
 from strata.local.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -66,6 +69,7 @@ ROUTES = [
     ("GET", "/status"), ("GET", "/healthz"), ("GET", "/readyz"),
 ]
 CREATES = [("POST", "/v1/tasks"), ("POST", "/v1/tasks/batch"), ("POST", "/schedule")]
+OPEN = {("GET", "/healthz"), ("GET", "/readyz")}  # what needs no token
 QUERY_KEYS = ["state", "region", "kind", "order", "limit", "cursor", "task_id", "x"]
 
 
@@ -90,31 +94,43 @@ def requests(draw: st.DrawFn) -> tuple[str, str, bytes | None]:
     return method, path, json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
 
 
-def _send(conn: http.client.HTTPConnection, method: str, path: str, data: bytes | None
-          ) -> tuple[int, str, bytes]:
-    conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+def _send(conn: http.client.HTTPConnection, method: str, path: str, data: bytes | None,
+          authorization: str | None = None) -> tuple[int, str, bytes, str | None]:
+    headers = {"Content-Type": "application/json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    conn.request(method, path, body=data, headers=headers)
     resp = conn.getresponse()
     raw = resp.read()
     if resp.getheader("Connection", "").lower() == "close":
         conn.close()
-    return resp.status, resp.getheader("Content-Type", ""), raw
+    return (resp.status, resp.getheader("Content-Type", ""), raw,
+            resp.getheader("WWW-Authenticate"))
 
 
-def _fuzz(host: str, port: int) -> tuple[dict[int, int], int]:
-    """Sends the generated requests; returns the statuses seen and the tasks created."""
+def _fuzz(host: str, port: int, token: str | None = None) -> tuple[dict[int, int], int]:
+    """Sends the generated requests (with ``token``: each with it, without one, or with
+    a wrong one); returns the statuses seen and the tasks created."""
     conn = http.client.HTTPConnection(host, port, timeout=30)
     statuses: dict[int, int] = {}
     created = 0
+    # Mostly the token, so that most requests go on to be fuzzed past it.
+    auths = (st.sampled_from([f"Bearer {token}"] * 3 + [None, "Bearer st_wrong", "Basic x"])
+             if token else st.just(None))
 
     @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(request=requests())
-    def one(request: tuple[str, str, bytes | None]) -> None:
+    @given(request=requests(), authorization=auths)
+    def one(request: tuple[str, str, bytes | None], authorization: str | None) -> None:
         nonlocal created
         method, path, data = request
-        status, content_type, raw = _send(conn, method, path, data)
+        status, content_type, raw, challenge = _send(conn, method, path, data, authorization)
         statuses[status] = statuses.get(status, 0) + 1
         assert status < 500, (method, path, data, status, raw[:300])
+        if token and authorization != f"Bearer {token}" and (
+                (method, path.partition("?")[0]) not in OPEN):
+            assert status == 401, (method, path, authorization, status, raw[:300])
+            assert challenge is not None and challenge.startswith('Bearer realm="strata"')
         if status >= 400:
             assert content_type.startswith("application/json"), (method, path, raw[:300])
             error = json.loads(raw)["error"]
@@ -133,13 +149,19 @@ def _fuzz(host: str, port: int) -> tuple[dict[int, int], int]:
     return statuses, created
 
 
+@pytest.mark.parametrize("with_token", [False, True], ids=["open", "token"])
 async def test_no_request_gets_a_5xx_or_writes_what_it_was_refused(
-    cluster: Cluster,
+    cluster: Cluster, with_token: bool,
 ) -> None:
+    if with_token:
+        cluster.token = new_token()
+        # Every refusal a 401: none of the wrong tokens is past the limit (a 429).
+        cluster.env = {"STRATA_AUTH_FAILURE_BURST": str(10 * EXAMPLES)}
     await cluster.start_master()
     address = urlsplit(cluster.api)
     assert address.hostname is not None and address.port is not None
-    statuses, created = await asyncio.to_thread(_fuzz, address.hostname, address.port)
+    statuses, created = await asyncio.to_thread(_fuzz, address.hostname, address.port,
+                                                cluster.token)
     conn = await asyncpg.connect(cluster.database_url)
     try:
         rows = await conn.fetchval("SELECT count(*) FROM tasks")
@@ -149,4 +171,5 @@ async def test_no_request_gets_a_5xx_or_writes_what_it_was_refused(
           f"{created} tasks created")
     assert rows == created, "a refused request wrote rows, or an accepted one did not"
     assert sum(statuses.values()) >= EXAMPLES
-    assert any(400 <= s < 500 for s in statuses) and any(s < 300 for s in statuses)
+    assert any(400 <= s < 500 and s != 401 for s in statuses) and any(s < 300 for s in statuses)
+    assert (401 in statuses) == with_token, statuses

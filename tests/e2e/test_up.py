@@ -162,3 +162,43 @@ def _postgres_of(data_home: Path) -> list[psutil.Process]:
     data_dir = str(data_home)
     return [p for p in psutil.process_iter(["cmdline"])
             if p.info["cmdline"] and data_dir in " ".join(p.info["cmdline"])]
+
+
+def test_up_of_a_tls_topology_makes_its_certificates_once_and_serves_https(
+    tmp_path: Path, data_home: Path
+) -> None:
+    from cryptography import x509
+
+    topology, http = _topology(tmp_path)
+    topology.write_text(topology.read_text().replace('name = "test"\n',
+                                                     'name = "test"\ntls = true\n'))
+    env = _up_env(data_home)
+    api = f"https://127.0.0.1:{http}"
+    certs_dir = data_home / "certs"
+    ca = certs_dir / "ca.pem"
+
+    with UpProcess(topology, env) as first:
+        first.wait_for(f"ready: API at {api}")
+        assert f"certificates in {certs_dir} (made now)" in first.output
+        task_id, state, *_ = _cli(env, "submit", "--command", "echo over-tls", "--wait",
+                                  "--api", api, "--ca", str(ca))
+        assert state == "succeeded"
+        # Every process has its own certificate: the master's, its region's, the workers'.
+        given = {}
+        for child in first.children():
+            argv = child.cmdline()
+            if argv[1:3] == ["-m", "strata"]:
+                name = argv[argv.index("--name") + 1] if "--name" in argv else argv[3]
+                given[name] = Path(child.environ()["STRATA_TLS_CERT"]).name
+        assert given == {"master": "master.pem", "r1": "region-r1.pem", "r2": "region-r2.pem",
+                         "worker": "worker.pem"}, given
+        assert first.interrupt() == 0
+    serial = x509.load_pem_x509_certificate(ca.read_bytes()).serial_number
+    assert (certs_dir / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+
+    with UpProcess(topology, env) as second:
+        second.wait_for(f"ready: API at {api}")
+        assert f"certificates in {certs_dir} (made before, reused)" in second.output
+        assert '"succeeded",' in _cli(env, "status", task_id, "--api", api, "--ca", str(ca))
+        assert second.interrupt() == 0
+    assert x509.load_pem_x509_certificate(ca.read_bytes()).serial_number == serial

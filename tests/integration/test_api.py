@@ -34,9 +34,10 @@ Client = TestClient[web.Request, web.Application]
 TASK_FIELDS = {
     "id", "kind", "payload", "state", "priority", "run_at", "region", "pinned_region",
     "worker_id", "attempt", "max_attempts", "timeout_s", "created_at", "picked_at",
-    "started_at", "finished_at", "result", "retry_of", "idempotency_key",
+    "started_at", "finished_at", "result", "retry_of", "idempotency_key", "depends_on",
+    "on_upstream_failure", "concurrency_key",
 }
-STATES = ("pending", "dispatched", "running", "succeeded", "failed", "cancelled")
+STATES = ("waiting", "pending", "dispatched", "running", "succeeded", "failed", "cancelled")
 JAN_2030 = 1893456000  # 2030-01-01T00:00:00Z
 
 
@@ -149,6 +150,7 @@ async def test_create_task_returns_every_field(client: Client, db: Database) -> 
     got = await fetched.json()
     # A pending task says what it waits for: here its run_at, still ahead.
     assert got.pop("waiting_for") == f"its run_at, {body['run_at']}"
+    assert got.pop("dependents") == []
     assert got == body
 
 

@@ -571,14 +571,15 @@ WORKERS = [
 ]
 
 
-async def _upsert(db: Database, name: str, **overrides: Any) -> None:
+async def _upsert(db: Database, name: str, master: str | None = None, **overrides: Any
+                  ) -> None:
     fields: dict[str, Any] = {
         "address": f"{name}.example:50061", "capacity": 8, "max_outstanding": 16,
         "running": 2, "queued": 3, "workers": WORKERS,
     }
     fields.update(overrides)
     fields["workers"] = tuple(fields["workers"])
-    await db.upsert_region(RegionStatus(name=name, **fields))
+    await db.upsert_region(RegionStatus(name=name, **fields), master)
 
 
 async def test_upsert_and_list_regions(db: Database) -> None:
@@ -622,18 +623,20 @@ async def test_silent_or_down_region_has_no_room(db: Database, raw: asyncpg.Conn
     await raw.execute("UPDATE regions SET state = 'down' WHERE name = 'down'")
     dead_after = timedelta(seconds=30)
 
-    assert await db.region_room(dead_after) == [
+    assert (await db.region_room(dead_after)).regions == [
         RegionRoom(name="fresh", address="fresh.example:50061", room=16)
     ]
     listed = {r.name: r.live for r in await db.list_regions(dead_after)}
     assert listed == {"down": False, "fresh": True, "silent": False}
     # With a longer timeout the silent region still counts.
-    assert [r.name for r in await db.region_room(timedelta(minutes=5))] == ["fresh", "silent"]
+    longer = await db.region_room(timedelta(minutes=5))
+    assert [r.name for r in longer.regions] == ["fresh", "silent"]
 
     # A heartbeat brings both back.
     await _upsert(db, "silent")
     await _upsert(db, "down")
-    assert [r.name for r in await db.region_room(dead_after)] == ["down", "fresh", "silent"]
+    back = await db.region_room(dead_after)
+    assert [r.name for r in back.regions] == ["down", "fresh", "silent"]
 
 
 async def test_region_room_is_max_outstanding_less_tasks_in_flight(db: Database) -> None:
@@ -655,9 +658,66 @@ async def test_region_room_is_max_outstanding_less_tasks_in_flight(db: Database)
     )
     assert await db.return_to_pending([TaskRef(str(in_a[1].id), in_a[1].attempt)], "a test") == 1
 
-    rooms = await db.region_room(timedelta(seconds=30))
+    rooms = (await db.region_room(timedelta(seconds=30))).regions
 
     assert [(r.name, r.room) for r in rooms] == [("a", 10 - 2), ("b", 5 - 1), ("idle", 3)]
+
+
+async def test_reports_of_several_regions_apply_as_one_each_with_its_own_stale_events(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    await _upsert(db, "a")
+    await _upsert(db, "b")
+    await db.insert_tasks([due_task() for _ in range(4)])
+    in_a = await db.claim("a", 2)
+    in_b = await db.claim("b", 2)
+    began = utcnow()
+    report_a = Report(region="a", started=[Started(
+        id=str(in_a[0].id), attempt=in_a[0].attempt, worker_id="wa", started_at=began)],
+        finished=[finished(in_a[1], ok=True, worker_id="wa"), unknown_result()], returned=[])
+    # b finishes both of its own, and names one of a's again: a's report came first.
+    report_b = Report(region="b", started=[], returned=[], finished=[
+        finished(in_b[0], ok=True, worker_id="wb"), finished(in_b[1], ok=False, worker_id="wb"),
+        finished(in_a[1], ok=True, worker_id="wb")])
+
+    applied, stale = await db.apply_reports([report_a, report_b], backoff_base=BACKOFF,
+                                            backoff_max=BACKOFF_MAX)
+
+    assert stale[0] == [TaskRef(report_a.finished[1].id, 1)]
+    assert stale[1] == [TaskRef(str(in_a[1].id), in_a[1].attempt)]
+    assert applied.finished == {"succeeded": 2, "failed": 1}
+    assert sorted(applied.hop_regions) == ["a"]  # the one start reported as such
+    rows = await raw.fetch("SELECT task_id, region, outcome FROM attempts ORDER BY region")
+    assert {(r["task_id"], r["region"], r["outcome"]) for r in rows} == {
+        (in_a[1].id, "a", "succeeded"), (in_b[0].id, "b", "succeeded"),
+        (in_b[1].id, "b", "failed"), (in_a[1].id, "b", "stale")}
+    regions = {r.name: r.stale_results for r in await db.list_regions(timedelta(seconds=30))}
+    assert regions == {"a": 1, "b": 1}
+    states = {r["id"]: r["state"] for r in await raw.fetch("SELECT id, state FROM tasks")}
+    assert [states[t.id] for t in (*in_a, *in_b)] == [
+        "running", "succeeded", "succeeded", "failed"]
+
+
+async def test_each_master_serves_the_regions_that_talk_to_it(db: Database) -> None:
+    await _upsert(db, "a", master="m1")
+    await _upsert(db, "b", master="m2")
+    await _upsert(db, "older")  # last heard of by a master that does not say who it is
+    dead_after = timedelta(seconds=30)
+
+    def names(rooms: Any) -> list[str]:
+        return [r.name for r in rooms.regions]
+
+    assert names(await db.region_room(dead_after, "m1")) == ["a", "older"]
+    assert names(await db.region_room(dead_after, "m2")) == ["b", "older"]
+    assert names(await db.region_room(dead_after)) == ["a", "b", "older"]
+    # a's master died: its next heartbeat reaches m2, and m2 serves it from then on.
+    await _upsert(db, "a", master="m2")
+    assert names(await db.region_room(dead_after, "m1")) == ["older"]
+    assert names(await db.region_room(dead_after, "m2")) == ["a", "b", "older"]
+    # A heartbeat that names no master leaves the region where it was.
+    await _upsert(db, "a")
+    listed = {r.name: r.master for r in await db.list_regions(dead_after)}
+    assert listed == {"a": "m2", "b": "m2", "older": None}
 
 
 # ---- cancel ---------------------------------------------------------------------------
@@ -899,7 +959,7 @@ async def test_a_claim_reads_only_what_it_claims(db: Database, raw: asyncpg.Conn
 
 @pytest.mark.parametrize("query, args", [
     ("claim_due", ("a", 100)),
-    ("count_due", (["a"], 100)),
+    ("region_room", (30.0, None, 100)),
     ("next_due", (["a"],)),
     ("list_tasks_in_state", (None, None, None, None, 50, "pending")),
 ])
@@ -929,7 +989,7 @@ async def test_a_plan_cached_on_an_empty_table_still_reads_only_what_it_returns(
         await transaction.rollback()
         await raw.execute("DEALLOCATE ALL")
     returned, read = plan[0]["Plan"].get("Actual Rows", 0), _rows_read(plan[0]["Plan"])
-    limit = {"claim_due": 3 * 100, "count_due": 100, "next_due": 1, "list_tasks_in_state": 50}
+    limit = {"claim_due": 3 * 100, "region_room": 100, "next_due": 1, "list_tasks_in_state": 50}
     assert read <= limit[query] + 5, (returned, read)
 
 
@@ -954,12 +1014,23 @@ async def test_counting_due_work_reads_only_due_work(
     await _crowd(db, raw)
     await db.insert_tasks([due_task(priority=i % 3) for i in range(40)])
     await db.insert_tasks([due_task(region="a") for _ in range(5)])
-    _, read = await measured(raw, Q["count_due"], ["a"], 1000)
-    assert await db.count_due(["a"], 1000) == 45
+    live = timedelta(seconds=30)
+    # On a session of the master's that reads due work: index order, no sorts.
+    for name, value in INDEX_ORDER_SETTINGS.items():
+        await raw.execute(f"SET {name} = {value}")
+    _, read = await measured(raw, Q["region_room"], 30.0, None, 1000)
+    await raw.execute("RESET ALL")
+    assert (await db.region_room(live, count_up_to=1000)).due == 45
     assert read <= 45 + 5, read
-    assert await db.count_due(["a"], 30) == 30
-    # The dead region's backlog counts only when the dead region is counted.
-    assert await db.count_due(["a", "dead"], 1000) == 45 + CROWD_PINNED_DEAD
+    assert (await db.region_room(live, count_up_to=30)).due == 30
+    assert (await db.region_room(live)).due == 0  # not asked: not counted
+    # The dead region's backlog counts only once the region is live again.
+    await raw.execute("UPDATE regions SET state = 'up', last_heartbeat = now() "
+                      "WHERE name = 'dead'")
+    assert (await db.region_room(live, count_up_to=1000)).due == 45 + CROWD_PINNED_DEAD
+    # Nor a region that talks to another master.
+    await raw.execute("UPDATE regions SET master = 'other' WHERE name = 'dead'")
+    assert (await db.region_room(live, "this", count_up_to=1000)).due == 45
 
 
 async def test_tasks_due_later_are_claimable_once_due_and_promoted_ahead_of_time(

@@ -69,3 +69,26 @@ async def test_a_hand_back_is_logged_with_its_reason(
     assert "(no live worker)" in record.getMessage()
     back = await db.get_task(task.id)
     assert back is not None and back.state == "pending"
+
+
+async def test_a_heartbeat_wakes_the_scanner_only_for_room_the_region_did_not_have(
+    db: Database, database_url: str
+) -> None:
+    settings = MasterSettings(database_url=database_url,
+                              region_dead_after=timedelta(seconds=30))
+    wakes: list[int] = []
+    service = MasterService(db, settings, lambda: wakes.append(1))
+
+    async def beat(running: int, queued: int = 0, most: int = 8) -> int:
+        before = len(wakes)
+        await service.Heartbeat(pb.RegionHeartbeat(
+            region="r", address="a:1", capacity=4, max_outstanding=most, running=running,
+            queued=queued, built_at=0), None)  # type: ignore[arg-type]
+        return len(wakes) - before
+
+    assert await beat(running=0) == 1  # new, with room
+    assert [await beat(running=0) for _ in range(5)] == [0] * 5  # the same room: no news
+    assert await beat(running=4, queued=4) == 0  # full
+    assert await beat(running=4) == 1  # room again
+    assert await beat(running=4, most=16) == 1  # a worker joined: more room
+    assert await beat(running=4, most=16) == 0

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from strata.common import api_models as am
 from strata.common.kinds import PAYLOADS
 from strata.common.models import (
+    MAX_KEY,
     OPTION_FIELDS,
     Task,
     TaskOptions,
@@ -30,12 +31,14 @@ from strata.common.models import (
 )
 from strata.common.schedules import PATCHABLE, ScheduleSpec
 from strata.common.settings import MasterSettings
-from strata.master.api import LIST_PARAMETERS, Api
+from strata.master.api import LIST_PARAMETERS, OPEN_ROUTES, Api
 from strata.master.control import Control, schedule_json
 from strata.master.db import Attempt, Database, ScheduleRow
 from strata.master.openapi import (
+    BATCH_KEY,
     REF,
     SCHEDULED_TASK_OMITS,
+    batch_item_schema_name,
     document,
     scheduled_task_schema_name,
     task_schema_name,
@@ -98,6 +101,29 @@ async def test_the_document_is_valid_openapi_3_1_and_served_as_built(client: Cli
     assert (await client.get("/v1/openapi.json?x=1")).status == 400
 
 
+def test_every_operation_but_the_probes_needs_the_api_token() -> None:
+    doc = document()
+    scheme = doc["components"]["securitySchemes"]["apiToken"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert doc["security"] == [{"apiToken": []}]
+    # What needs no token: the routes REST lets through, less the dashboard's files.
+    assert {p for p in OPEN_ROUTES if p in doc["paths"]} == {"/healthz", "/readyz"}
+    assert OPEN_ROUTES - set(doc["paths"]) == {"/", "/ui/{name}"}
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            if path in OPEN_ROUTES:
+                assert operation["security"] == [], (method, path)
+                assert "401" not in responses and "429" not in responses
+            else:
+                assert "security" not in operation, (method, path)
+                assert responses["401"] == {"$ref": "#/components/responses/E401"}
+                assert responses["429"] == {"$ref": "#/components/responses/E429"}
+    errors = doc["components"]["responses"]
+    assert errors["E401"]["headers"]["WWW-Authenticate"]["required"] is True
+    assert errors["E429"]["headers"]["Retry-After"]["required"] is True
+
+
 def test_the_validator_refuses_a_broken_document() -> None:
     broken = json.loads(json.dumps(document()))
     broken["paths"]["/v1/tasks"]["post"]["responses"] = "none"
@@ -131,8 +157,19 @@ def test_each_task_body_is_its_payload_and_the_options_and_kind() -> None:
     union = schemas["TaskBody"]
     assert union["oneOf"] == [{"$ref": REF.format(model=task_schema_name(k))} for k in PAYLOADS]
     assert set(union["discriminator"]["mapping"]) == set(PAYLOADS)
+    # A batch's item: the task body and a key, which other items' depends_on may name.
     batch = schemas["TaskBatch"]["properties"]["tasks"]
-    assert batch["items"] == {"$ref": REF.format(model="TaskBody")}
+    assert batch["items"] == {"$ref": REF.format(model="BatchTaskBody")}
+    items = schemas["BatchTaskBody"]
+    assert items["oneOf"] == [{"$ref": REF.format(model=batch_item_schema_name(k))}
+                              for k in PAYLOADS]
+    assert set(items["discriminator"]["mapping"]) == set(PAYLOADS)
+    for kind in PAYLOADS:
+        body, item = schemas[task_schema_name(kind)], schemas[batch_item_schema_name(kind)]
+        assert item["properties"] == {**body["properties"], "key": BATCH_KEY}
+        assert item["required"] == body["required"]
+        assert item["additionalProperties"] is False
+    assert BATCH_KEY["anyOf"][0] == {"type": "string", "minLength": 1, "maxLength": MAX_KEY}
     paths = document()["paths"]
     assert (paths["/v1/tasks"]["post"]["requestBody"]["content"]["application/json"]["schema"]
             == {"$ref": REF.format(model="TaskBody")})
@@ -159,6 +196,8 @@ def test_the_query_parameters_are_those_the_handlers_take() -> None:
     assert names("/v1/stats") == []
     assert names("/v1/schedules/{name}/fires") == ["limit", "before"]
     assert names("/v1/schedules") == []
+    assert names("/v1/tasks/{id}/graph") == ["limit", "depth"]
+    assert names("/v1/concurrency") == names("/v1/concurrency/{key}") == []
 
 
 def test_a_schedule_is_the_spec_its_task_a_task_body_without_run_at_or_key() -> None:
@@ -172,6 +211,8 @@ def test_a_schedule_is_the_spec_its_task_a_task_body_without_run_at_or_key() -> 
     assert schemas["ScheduleSpec"] == {**spec, "properties": {**spec["properties"],
                                                               "task": task}}
     assert len(spec["oneOf"]) == 2  # cron or every_s
+    # Each fire is due at its fire time, made once, and waits for no other task.
+    assert set(SCHEDULED_TASK_OMITS) == {"run_at", "idempotency_key", "depends_on"}
     # Its bounds as JSON Schema says them (pydantic wrote "ge"/"le", which it ignores).
     assert spec["properties"]["every_s"]["anyOf"][0] == {
         "type": "number", "minimum": 1.0, "maximum": 366 * 86400.0}
@@ -247,6 +288,64 @@ def test_the_response_models_have_the_fields_the_handlers_write() -> None:
     for each in (task, ran):
         am.TaskOut.model_validate(each.to_json())  # extra="forbid": no field unknown
         assert set(each.to_json()) == set(am.TaskOut.model_fields)
+
+
+async def test_the_dependency_and_concurrency_routes_answer_their_models(
+    client: Client,
+) -> None:
+    status, made = await post(client, "/v1/tasks/batch", {"tasks": [
+        {"kind": "noop", "key": "a", "concurrency_key": "k"},
+        {"kind": "noop", "key": None, "depends_on": ["a"], "on_upstream_failure": "run"},
+    ]})
+    assert status == 201, made
+    parent, child = am.BatchCreated.model_validate(made).ids
+    response = await client.get(f"/v1/tasks/{child}")
+    detail = am.TaskDetail.model_validate(await response.json())
+    assert (detail.state, detail.depends_on, detail.dependents) == ("waiting", [parent], [])
+    assert isinstance(detail.waiting_for, str)
+    response = await client.get(f"/v1/tasks/{parent}/graph?limit=1&depth=1")
+    assert response.status == 200, await response.text()
+    graph = am.TaskGraph.model_validate(await response.json())
+    assert (graph.root, graph.truncated) == (parent, True)
+    response = await client.patch(f"/v1/tasks/{child}", json={"priority": 7})
+    assert response.status == 200, await response.text()
+    assert am.TaskOut.model_validate(await response.json()).priority == 7
+    response = await client.put("/v1/concurrency/k", json={"limit": 2})
+    assert response.status == 200, await response.text()
+    assert am.ConcurrencyKeyOut.model_validate(await response.json()).limit == 2
+    for path, model in (("/v1/concurrency/k", am.ConcurrencyKeyOut),
+                        ("/v1/concurrency/none", am.ConcurrencyKeyOut),
+                        ("/v1/concurrency", am.ConcurrencyKeys)):
+        response = await client.get(path)
+        assert response.status == 200, await response.text()
+        model.model_validate(await response.json())
+    assert (await client.delete("/v1/concurrency/k")).status == 204
+    assert (await client.delete("/v1/concurrency/k")).status == 404
+
+
+async def test_the_bodies_the_new_routes_refuse_are_those_the_document_refuses(
+    client: Client,
+) -> None:
+    schemas = document()["components"]["schemas"]
+    # A priority as a task body's, with no default: the body names it.
+    assert schemas["TaskChange"]["properties"] == {"priority": {
+        k: v for k, v in schema_of(TaskOptions)["properties"]["priority"].items()
+        if k != "default"}}
+    assert schemas["TaskChange"]["required"] == ["priority"]
+    assert set(schemas["ConcurrencyLimit"]["properties"]) == {"limit"}
+    status, made = await post(client, "/v1/tasks", {"kind": "noop"})
+    assert status == 201, made
+    for body in ({"priority": 1, "region": "eu"}, {}, {"priority": 2**31},
+                 {"priority": 1.5}, [1]):
+        response = await client.patch(f"/v1/tasks/{made['id']}", json=body)
+        assert response.status == 400, (body, await response.text())
+    for body in ({"limit": 0}, {"limit": 2**31}, {"limit": 1, "x": 1}, {"limit": True}):
+        response = await client.put("/v1/concurrency/k", json=body)
+        assert response.status == 400, (body, await response.text())
+    # Only a batch's items have keys.
+    status, body = await post(client, "/v1/tasks", {"kind": "noop", "key": "a"})
+    assert status == 400, body
+    assert "key" not in schemas[task_schema_name("noop")]["properties"]
 
 
 # ---- what schemathesis found, each pinned down here ----------------------------------

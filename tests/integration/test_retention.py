@@ -10,7 +10,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from strata.common.models import parse_new_task
+from strata.common.models import parse_batch, parse_new_task
 from strata.common.settings import MasterSettings
 from strata.master.db import Database
 from strata.master.metrics import MasterMetrics
@@ -86,3 +86,22 @@ async def test_zero_keeps_everything_forever(db: Database, raw: asyncpg.Connecti
     # Off: the loop ends at once, having removed nothing.
     await asyncio.wait_for(Retention(db, MasterSettings(retention=0), MasterMetrics()).run(), 5)
     assert await raw.fetchval("SELECT count(*) FROM tasks") == 3
+
+
+async def test_a_removed_task_takes_its_edges_with_it(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    tasks = parse_batch({"tasks": [
+        {"kind": "noop", "key": "a"}, {"kind": "noop", "key": "b", "depends_on": ["a"]},
+        {"kind": "noop", "key": "c", "depends_on": ["b"]}]})
+    await db.insert_tasks(tasks)
+    a, b, c = (t.id for t in tasks)
+    assert await raw.fetchval("SELECT count(*) FROM task_deps") == 2
+    # a and b finished long ago; c (waiting on b, as the test leaves it) stays.
+    await raw.execute("UPDATE tasks SET state = 'pending', waiting_on = 0 WHERE id = $1", b)
+    await finish(raw, [a, b], "succeeded", "2 days")
+    removed = await Retention(db, MasterSettings(retention=timedelta(days=1)),
+                              MasterMetrics()).pass_once()
+    assert removed == 2
+    assert await raw.fetchval("SELECT count(*) FROM task_deps") == 0
+    assert [r["id"] for r in await raw.fetch("SELECT id FROM tasks")] == [c]

@@ -29,3 +29,12 @@ def raise_timeout() -> None:
 
 async def hang() -> None:
     await asyncio.Event().wait()  # never set: only a timeout or a cancel ends it
+
+
+def with_parents(parent_outputs: dict[str, str | None] | None = None) -> object:
+    # The default tells a call without parents from one with them.
+    return {"parent_outputs": parent_outputs}
+
+
+async def with_kwargs(**kwargs: object) -> dict[str, object]:
+    return kwargs

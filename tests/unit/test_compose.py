@@ -260,6 +260,69 @@ def check(text: str, topology: Topology, via: str | None) -> None:
         assert tp["configs"][0]["target"] == "/toxiproxy.json"
     else:
         assert not any("toxiproxy" in a for a in links.values()), links
+    check_tls(doc, topology)
+
+
+STEMS = {"master": "master", "regional": None, "worker": "worker"}
+
+
+def check_tls(doc: dict[str, Any], topology: Topology) -> None:
+    """The master always gets its API tokens as a secret (it listens beyond loopback,
+    so it requires them). With ``tls = true``: every Strata service also gets the CA,
+    its own certificate and key as compose secrets read from ./certs (the files `strata
+    certs init` writes), and health checks that speak HTTPS. Without: no TLS at all."""
+    services: dict[str, Any] = doc["services"]
+    strata = {n: svc for n, svc in services.items() if "build" in svc}
+    if not topology.tls:
+        assert doc["secrets"] == {"api_tokens": {"file": "./api_tokens"}}
+        assert services["master"]["secrets"] == ["api_tokens"]
+        master = settings_of(services["master"])
+        assert str(master.api_tokens_file) == "/run/secrets/api_tokens"
+        for name, svc in strata.items():
+            if name != "master":
+                assert "secrets" not in svc
+            assert not any(k.startswith("STRATA_TLS_") for k in svc["environment"])
+        return
+    secrets = doc["secrets"]
+    issued = {p.name for p in _issued(topology)}
+    for name, svc in strata.items():
+        settings = settings_of(svc)
+        kind = svc["command"][0]
+        stem = STEMS[kind] or name  # a region's files are named as its service
+        assert svc["secrets"][:3] == ["ca", f"{stem}-cert", f"{stem}-key"], name
+        for field, secret in zip(("tls_ca", "tls_cert", "tls_key"), svc["secrets"],
+                                 strict=False):
+            assert str(getattr(settings, field)) == f"/run/secrets/{secret}", (name, field)
+        for secret in svc["secrets"]:
+            source = secrets[secret]["file"]
+            assert source.startswith("./"), source
+            if secret != "api_tokens":
+                assert source.startswith("./certs/") and source[len("./certs/"):] in issued
+    master = settings_of(services["master"])
+    assert services["master"]["secrets"][3:] == ["api_tokens"]
+    assert str(master.api_tokens_file) == "/run/secrets/api_tokens"
+    assert secrets["api_tokens"] == {"file": "./api_tokens"}
+    check = services["master"]["healthcheck"]["test"][3]
+    assert "https://127.0.0.1" in check and "cafile='/run/secrets/ca'" in check
+    for region in topology.regions:
+        worker = settings_of(services[f"worker-{region.name}"])
+        # It checks the region's certificate for a name that certificate carries.
+        assert worker.tls_server_name in _leaf_hosts(region.name)
+
+
+def _issued(topology: Topology) -> list[Path]:
+    import tempfile
+
+    from strata.common import certs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return certs.init(tmp, regions=[r.name for r in topology.regions]).files
+
+
+def _leaf_hosts(region: str) -> tuple[str, ...]:
+    from strata.common import certs
+
+    return certs.region_leaf(region).hosts
 
 
 @pytest.mark.parametrize("via", [None, "toxiproxy"], ids=["direct", "chaos"])
@@ -412,3 +475,17 @@ def test_header_and_layout() -> None:
 def test_unsupported_values_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(TypeError):
         dump(bad)
+
+
+def test_a_tls_topology_says_how_to_make_its_certificates_and_rotate_them() -> None:
+    text = render(load(TOPOLOGY_DIR / "tls.toml"))
+    header = [line.removeprefix("# ") for line in text.splitlines() if line.startswith("#")]
+    assert "  strata certs init certs --regions region-a,region-b" in header
+    assert any("chown 1000 certs/*-key.pem api_tokens" in line for line in header)
+    assert any("kill -s HUP master region-region-a region-region-b worker-region-a "
+               "worker-region-b" in line for line in header)
+    # The files the header makes are the ones the secrets read.
+    sources = {v["file"] for v in yaml.safe_load(text)["secrets"].values()}
+    assert sources - {"./api_tokens"} == {f"./certs/{p.name}" for p in _issued(
+        load(TOPOLOGY_DIR / "tls.toml")) if p.name != "ca-key.pem" and
+        not p.name.startswith("client")}

@@ -246,7 +246,7 @@ def test_batch_error_names_the_index_and_the_field():
 
 
 def test_task_to_json():
-    task_id, retried = uuid.uuid4(), uuid.uuid4()
+    task_id, retried, parent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     plus_two = timezone(timedelta(hours=2))
     task = Task(
         id=task_id, kind="shell", payload={"command": "true"}, state=TaskState.RUNNING,
@@ -255,7 +255,8 @@ def test_task_to_json():
         created_at=datetime(2030, 1, 1, 14, tzinfo=plus_two), picked_at=None,
         started_at=datetime(2030, 1, 1, 12, 0, 1, tzinfo=UTC), finished_at=None,
         result=TaskResult(exit_code=None, output="tail", error=None, output_truncated=True),
-        retry_of=retried, idempotency_key="order-17",
+        retry_of=retried, idempotency_key="order-17", depends_on=(parent,),
+        run_on_upstream_failure=True, concurrency_key="tenant-1",
     )
     assert task.to_json() == {
         "id": str(task_id),
@@ -279,6 +280,9 @@ def test_task_to_json():
                              "killed_processes": 0},
         "retry_of": str(retried),
         "idempotency_key": "order-17",
+        "depends_on": [str(parent)],
+        "on_upstream_failure": "run",
+        "concurrency_key": "tenant-1",
     }
 
 
@@ -325,3 +329,15 @@ def test_a_batch_refuses_one_key_twice():
              {"kind": "noop", "idempotency_key": "a"}]
     with pytest.raises(InvalidInput, match=r"tasks\[2\]: .*tasks\[0\]"):
         parse_batch({"tasks": items})
+
+
+def test_worker_info_json_has_every_field_and_reads_back() -> None:
+    """Written by hand for speed: a field added to WorkerInfo must be added there too."""
+    from dataclasses import asdict
+
+    from strata.common.status import WorkerInfo
+
+    info = WorkerInfo(id="w", capacity=4, running=1, last_heartbeat=1.7e9,
+                      health_address="127.0.0.1:1")
+    assert info.to_json() == asdict(info)
+    assert WorkerInfo.from_json(info.to_json()) == info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,13 @@ def test_a_closed_port_is_free() -> None:
     port = free_port()
     assert not ports.in_use(port)
     ports.ensure_free([ports.Port(number=port, what="x")], hint="-")
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_never_repeat() -> None:
+    """Ports the kernel hands to port-0 listeners and outgoing connections come from the
+    ephemeral range: a port picked there for a server that starts later can be taken
+    meanwhile."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    picked = [free_port() for _ in range(200)]
+    assert len(set(picked)) == len(picked)
+    assert all(10_000 <= p < low for p in picked), picked

@@ -1,4 +1,4 @@
-"""The committed stubs are exactly what proto/strata.proto generates."""
+"""The committed stubs are exactly what the protos in proto/ generate."""
 
 from __future__ import annotations
 

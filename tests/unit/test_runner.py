@@ -6,17 +6,23 @@ import asyncio
 import json
 import logging
 import os
+import pwd
+import shutil
 import socket
+import stat
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from strata.worker.runner import Outcome, Runner
+from strata.common.errors import ConfigError
+from strata.worker.runner import Outcome, Runner, TaskUser, resolve_run_as
+from tests.task_users import made_user, require_root, unprivileged_user
 from tests.unit import handlers_for_runner
 
 HANDLERS = handlers_for_runner.__name__
@@ -317,6 +323,105 @@ async def test_python_timeout(runner: Runner) -> None:
     assert (outcome.ok, outcome.error) == (False, "timed out after 0.2s")
 
 
+# parent outputs
+
+PARENTS = {"t-1": "first\n", "t-2": None}
+
+
+async def test_shell_task_sees_its_parents_outputs(runner: Runner) -> None:
+    outcome = await runner.run("shell", shell('printf %s "$STRATA_PARENT_OUTPUTS"'), 10,
+                               parent_outputs_json=json.dumps(PARENTS))
+    assert outcome.ok
+    assert json.loads(outcome.output) == PARENTS
+
+
+async def test_shell_task_keeps_the_rest_of_the_environment_with_parents(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRATA_TEST_INHERITED", "kept")
+    outcome = await runner.run("shell", shell('printf %s "$STRATA_TEST_INHERITED"'), 10,
+                               parent_outputs_json=json.dumps(PARENTS))
+    assert outcome.output == "kept"
+
+
+async def test_shell_task_without_parents_has_no_parent_outputs_variable(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STRATA_PARENT_OUTPUTS", raising=False)
+    outcome = await runner.run("shell", shell('printf %s "${STRATA_PARENT_OUTPUTS-unset}"'), 10)
+    assert outcome.output == "unset"
+
+
+async def test_python_handler_with_a_parent_outputs_parameter_receives_them(
+    runner: Runner
+) -> None:
+    outcome = await runner.run("python", python(f"{HANDLERS}:with_parents"), 10,
+                               parent_outputs_json=json.dumps(PARENTS))
+    assert json.loads(outcome.output) == {"parent_outputs": PARENTS}
+
+
+async def test_python_handler_without_parents_is_not_given_parent_outputs(
+    runner: Runner
+) -> None:
+    outcome = await runner.run("python", python(f"{HANDLERS}:with_parents"), 10)
+    assert json.loads(outcome.output) == {"parent_outputs": None}
+
+
+async def test_python_handler_with_kwargs_receives_parent_outputs_beside_its_args(
+    runner: Runner
+) -> None:
+    outcome = await runner.run("python", python(f"{HANDLERS}:with_kwargs", {"x": 1}), 10,
+                               parent_outputs_json=json.dumps(PARENTS))
+    assert json.loads(outcome.output) == {"x": 1, "parent_outputs": PARENTS}
+
+
+async def test_python_handler_that_cannot_take_parent_outputs_runs_as_before(
+    runner: Runner
+) -> None:
+    outcome = await runner.run("python", python(f"{HANDLERS}:add", [2, 3]), 10,
+                               parent_outputs_json=json.dumps(PARENTS))
+    assert outcome == Outcome(ok=True, exit_code=None, output="5", error=None)
+
+
+async def test_python_args_naming_parent_outputs_are_refused_when_there_are_parents(
+    runner: Runner
+) -> None:
+    args = {"parent_outputs": {"forged": "x"}}
+    outcome = await runner.run("python", python(f"{HANDLERS}:with_kwargs", args), 10,
+                               parent_outputs_json=json.dumps(PARENTS))
+    assert outcome == Outcome(
+        ok=False, exit_code=None, output="",
+        error="args may not name parent_outputs: it is the parents' outputs",
+    )
+    # Without parents the name is the task's own.
+    outcome = await runner.run("python", python(f"{HANDLERS}:with_kwargs", args), 10)
+    assert json.loads(outcome.output) == args
+
+
+async def test_other_kinds_ignore_parent_outputs(runner: Runner) -> None:
+    outcome = await runner.run("noop", "{}", 10, parent_outputs_json=json.dumps(PARENTS))
+    assert outcome == Outcome(ok=True, exit_code=None, output="", error=None)
+
+
+@pytest.mark.parametrize(
+    ("parent_outputs_json", "reason"),
+    [
+        ("{not json", "Expecting property name enclosed in double quotes"),
+        ('["t-1"]', 'not a JSON object: ["t-1"]'),
+        ("null", "not a JSON object: null"),
+        ('{"t-1": 7}', "the output of parent 't-1' is neither text nor null"),
+    ],
+)
+async def test_malformed_parent_outputs_fail_the_task(
+    runner: Runner, parent_outputs_json: str, reason: str
+) -> None:
+    outcome = await runner.run("shell", shell("echo ran"), 10,
+                               parent_outputs_json=parent_outputs_json)
+    assert (outcome.ok, outcome.output) == (False, "")
+    assert outcome.error is not None
+    assert outcome.error.startswith(f"invalid parent outputs: {reason}")
+
+
 # noop, sleep, bad input
 
 
@@ -388,3 +493,199 @@ async def wait_gone(pid: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"process {pid} still runs")
+
+
+# shell tasks as another user (the worker as root, --run-as)
+
+
+@pytest.fixture(scope="module")
+def other_user() -> Iterator[pwd.struct_passwd]:
+    with unprivileged_user() as entry:
+        yield entry
+
+
+@pytest.fixture
+async def task_user(other_user: pwd.struct_passwd) -> TaskUser:
+    user = await resolve_run_as(other_user.pw_name)
+    assert user is not None
+    return user
+
+
+@pytest.fixture
+async def runner_as(task_user: TaskUser) -> AsyncIterator[Runner]:
+    runner = Runner(python_modules=[HANDLERS], output_limit=LIMIT, run_as=task_user)
+    yield runner
+    await runner.close()
+
+
+@pytest.fixture
+def root_only_dir() -> Iterator[Path]:
+    """A directory only root may enter, in one everyone may (``tmp_path`` is root's)."""
+    path = Path(tempfile.mkdtemp(prefix="strata-root-only-"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700 and path.stat().st_uid == 0
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def fifo_for(other_user: pwd.struct_passwd, root_only_dir: Path) -> Path:
+    """A FIFO the user may write to, in a directory it may pass but not list."""
+    root_only_dir.chmod(0o711)
+    fifo = root_only_dir / "pids"
+    os.mkfifo(fifo)
+    os.chown(fifo, other_user.pw_uid, other_user.pw_gid)
+    return fifo
+
+
+async def test_a_shell_task_runs_as_the_run_as_user_with_its_groups_and_names(
+    runner_as: Runner, other_user: pwd.struct_passwd
+) -> None:
+    name, uid, gid = other_user.pw_name, other_user.pw_uid, other_user.pw_gid
+    command = ('id -u; id -g; id -G; grep -E "^(Uid|Gid):" /proc/self/status; '
+               'printf "%s %s %s\\n" "$HOME" "$USER" "$LOGNAME"')
+    outcome = await runner_as.run("shell", shell(command), 10)
+    assert outcome.ok, outcome
+    lines = outcome.output.splitlines()
+    assert lines[:2] == [str(uid), str(gid)]
+    # The user's own groups, root's none: the worker's are not inherited.
+    assert {int(g) for g in lines[2].split()} == set(os.getgrouplist(name, gid))
+    # Real, effective, saved and filesystem ids alike: no way back to root.
+    assert lines[3].split() == ["Uid:", *[str(uid)] * 4]
+    assert lines[4].split() == ["Gid:", *[str(gid)] * 4]
+    assert lines[5] == f"{other_user.pw_dir} {name} {name}"
+
+
+async def test_a_shell_task_as_another_user_cannot_write_where_only_root_can(
+    runner: Runner, runner_as: Runner, root_only_dir: Path
+) -> None:
+    target = root_only_dir / "written"
+    outcome = await runner_as.run("shell", shell(f"touch {target}"), 10)
+    assert (outcome.ok, outcome.exit_code) == (False, 1)
+    assert "Permission denied" in outcome.stderr
+    assert not target.exists()
+    # The same task as the worker's own user, root, can.
+    assert (await runner.run("shell", shell(f"touch {target}"), 10)).ok
+    assert target.exists()
+
+
+async def test_a_shell_task_as_another_user_keeps_the_environment_and_sees_its_parents(
+    runner_as: Runner, other_user: pwd.struct_passwd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRATA_TEST_INHERITED", "kept")
+    command = 'printf "%s|%s|%s" "$STRATA_TEST_INHERITED" "$USER" "$STRATA_PARENT_OUTPUTS"'
+    outcome = await runner_as.run("shell", shell(command), 10,
+                                  parent_outputs_json=json.dumps(PARENTS))
+    inherited, user, parents = outcome.output.split("|")
+    assert (inherited, user, json.loads(parents)) == ("kept", other_user.pw_name, PARENTS)
+
+
+@pytest.fixture
+def user_with_home() -> Iterator[pwd.struct_passwd]:
+    # Under a directory everyone may enter: pytest's own are root's alone.
+    base = Path(tempfile.mkdtemp(prefix="strata-home-"))
+    base.chmod(0o755)
+    try:
+        with made_user(home=base / "home") as entry:
+            yield entry
+    finally:
+        shutil.rmtree(base)
+
+
+async def test_a_shell_task_as_another_user_starts_in_its_home_if_it_can_enter_it(
+    user_with_home: pwd.struct_passwd,
+) -> None:
+    home = user_with_home.pw_dir
+    user = await resolve_run_as(user_with_home.pw_name)
+    assert user is not None and user.cwd == home
+    outcome = await Runner(python_modules=[], run_as=user).run(
+        "shell", shell("pwd; touch mine && echo wrote"), 10)
+    assert outcome.output == f"{home}\nwrote\n", outcome
+    # A home the user may not enter (root's 0700 now): its tasks start in / instead.
+    os.chown(home, 0, 0)
+    user = await resolve_run_as(user_with_home.pw_name)
+    assert user is not None and user.cwd == "/"
+    outcome = await Runner(python_modules=[], run_as=user).run("shell", shell("pwd"), 10)
+    assert outcome.output == "/\n"
+
+
+async def test_a_shell_task_as_a_user_without_a_home_starts_in_root(
+    runner_as: Runner, task_user: TaskUser
+) -> None:
+    if task_user.cwd != "/":
+        pytest.skip(f"{task_user.name} has a home it may enter, {task_user.home}")
+    outcome = await runner_as.run("shell", shell("pwd"), 10)
+    assert outcome.output == "/\n"
+
+
+async def test_a_timeout_kills_the_group_of_a_task_running_as_another_user(
+    runner_as: Runner, other_user: pwd.struct_passwd
+) -> None:
+    command = "sleep 30 & echo $! $(id -u); sleep 30"
+    outcome = await runner_as.run("shell", shell(command), 0.5)
+    assert (outcome.ok, outcome.error, outcome.timed_out) == (
+        False, "timed out after 0.5s", True)
+    assert outcome.killed_processes == 3  # the shell and both sleeps
+    child_pid, child_uid = outcome.output.split()
+    assert int(child_uid) == other_user.pw_uid
+    await wait_until_exited(int(child_pid))
+
+
+async def test_cancelling_kills_the_group_of_a_task_running_as_another_user(
+    runner_as: Runner, other_user: pwd.struct_passwd, fifo_for: Path
+) -> None:
+    command = f"sleep 30 & echo $$ $! > {fifo_for}; wait"
+    task = asyncio.create_task(runner_as.run("shell", shell(command), 60))
+    shell_pid, child_pid = map(int, (await read_line_from_fifo(fifo_for)).split())
+    for pid in (shell_pid, child_pid):
+        assert os.stat(f"/proc/{pid}").st_uid == other_user.pw_uid  # running, as the user
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_until_exited(shell_pid, child_pid)
+
+
+async def test_http_and_python_tasks_run_in_the_worker_as_its_own_user(
+    runner_as: Runner, server: str
+) -> None:
+    outcome = await runner_as.run("python", python(f"{HANDLERS}:add", [2, 3]), 10)
+    assert (outcome.ok, outcome.output) == (True, "5")
+    outcome = await runner_as.run("http", json.dumps({"url": f"{server}/ok"}), 10)
+    assert (outcome.ok, outcome.output) == (True, "hello")
+    assert os.geteuid() == 0  # they ran in this process, which is root's
+
+
+async def test_run_as_an_unknown_user_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^--run-as strata-no-such-user: no such user$"):
+        await resolve_run_as("strata-no-such-user")
+
+
+async def test_run_as_the_workers_own_user_changes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    with caplog.at_level(logging.INFO, logger="strata.worker.runner"):
+        assert await resolve_run_as(me) is None
+    assert [getattr(r, "action", None) for r in caplog.records] == ["run_as_self"]
+
+
+async def test_a_root_worker_without_run_as_warns_that_shell_tasks_run_as_root(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    require_root()
+    with caplog.at_level(logging.INFO, logger="strata.worker.runner"):
+        assert await resolve_run_as(None) is None
+        assert await resolve_run_as(None, python_modules=["jobs"]) is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [getattr(r, "action", None) for r in warnings] == ["tasks_run_as_root"] * 2
+    assert "--run-as USER" in warnings[0].getMessage()
+    assert "python handlers" not in warnings[0].getMessage()
+    assert "python handlers" in warnings[1].getMessage()
+
+
+async def test_a_root_worker_with_run_as_warns_that_python_handlers_still_run_as_root(
+    other_user: pwd.struct_passwd, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="strata.worker.runner"):
+        assert await resolve_run_as(other_user.pw_name, python_modules=["jobs"]) is not None
+    assert [getattr(r, "action", None) for r in caplog.records] == [
+        "run_as", "python_handlers_run_as_root"]

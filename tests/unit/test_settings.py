@@ -125,3 +125,22 @@ def test_up_settings_expand_the_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("STRATA_DATA_DIR", "~/pg")
     assert UpSettings().data_dir == tmp_path / "pg"
+
+
+def test_the_master_and_regions_run_on_uvloop_and_workers_on_asyncio() -> None:
+    import uvloop
+
+    from strata.cli import _loop_factory
+    from strata.common.settings import MasterSettings, RegionalSettings, WorkerSettings
+
+    assert MasterSettings().event_loop == RegionalSettings().event_loop == "uvloop"
+    assert not hasattr(WorkerSettings(), "event_loop")
+    assert MasterSettings(event_loop="asyncio").event_loop == "asyncio"
+    factory = _loop_factory("uvloop")
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    assert _loop_factory("asyncio") is None  # asyncio.Runner's own loop
