@@ -4,7 +4,12 @@ tenacity retry policy.
 closed → open after ``failure_threshold`` consecutive transient failures → half-open
 after ``reset_timeout`` (one trial call) → closed on success, open again on failure.
 Retries use exponential backoff with jitter and only for transient errors; an open
-breaker fails fast with CircuitOpen, which is never retried."""
+breaker fails fast with CircuitOpen, which is never retried.
+
+A call that keeps its own schedule and is the very thing that proves the other side
+alive (a region's heartbeat) goes through :meth:`CircuitBreaker.probe`: one attempt even
+while the breaker cools down, so the link is back at the first beat that gets through,
+not a cool-down later."""
 
 from __future__ import annotations
 
@@ -162,6 +167,28 @@ class CircuitBreaker:
                 self.record_success()
                 return result
         raise AssertionError("tenacity stops by raising")  # pragma: no cover
+
+    async def probe(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn`` once, even while open and cooling down (unless a trial is running):
+        the caller's schedule paces the trials. Success closes the breaker; a transient
+        failure keeps it open and starts its cool-down again. When not open, a
+        :meth:`call`."""
+        if self._state is not BreakerState.OPEN:
+            return await self.call(fn)
+        if self._trial_running:
+            raise CircuitOpen(f"circuit {self.name} is open, trial in progress",
+                              retry_after_s=self._remaining())
+        self._trial_running = True
+        try:
+            result = await fn()
+        except Exception as exc:
+            if self._is_transient(exc):
+                self._opened_at = self._clock()
+            raise
+        finally:
+            self._trial_running = False
+        self.record_success()
+        return result
 
     def snapshot(self) -> dict[str, object]:
         return {"state": self.state.value, "consecutive_failures": self._failures,

@@ -169,9 +169,11 @@ class MasterLink:
                 grace_s=2 * CALL_TIMEOUT_S)
         return self._dials[address].stub
 
-    async def _call(self, what: str, call: Callable[[rpc.MasterStub], Awaitable[T]]) -> T:
+    async def _call(self, what: str, call: Callable[[rpc.MasterStub], Awaitable[T]], *,
+                    probe: bool = False) -> T:
         """``call`` on the master of now, through its breaker; if it cannot answer, on
-        each of the others in turn. The last failure is raised."""
+        each of the others in turn. The last failure is raised. A ``probe`` goes out
+        once even through an open breaker (see :meth:`CircuitBreaker.probe`)."""
         if not self._expanded:
             await self.masters.expand()
             self._expanded = True
@@ -179,8 +181,9 @@ class MasterLink:
         while True:
             address = self.masters.current
             try:
-                return await self._breaker(address).call(
-                    functools.partial(call, self._stub(address)))
+                breaker = self._breaker(address)
+                run = breaker.probe if probe else breaker.call
+                return await run(functools.partial(call, self._stub(address)))
             except (grpc.aio.AioRpcError, CircuitOpen) as exc:
                 tried += 1
                 if not _elsewhere(exc) or len(self.masters.addresses) < 2:
@@ -230,10 +233,14 @@ class MasterLink:
 
     async def heartbeat(self, request: pb.RegionHeartbeat, *, deadline_s: float
                         ) -> pb.HeartbeatReply | None:
-        """One beat; None if no master could be reached (logged)."""
+        """One beat; None if no master could be reached (logged). A beat is the
+        breaker's trial: it goes out while the breaker cools down, because a master
+        back from a restart declares a region down after a dead-after of silence, and
+        a cool-down is about as long."""
         try:
             reply: pb.HeartbeatReply = await self._call(
-                "heartbeat", lambda stub: stub.Heartbeat(request, timeout=deadline_s))
+                "heartbeat", lambda stub: stub.Heartbeat(request, timeout=deadline_s),
+                probe=True)
         except (grpc.aio.AioRpcError, CircuitOpen) as exc:
             logger.warning(
                 "heartbeat to master failed: %s", _why(exc),
