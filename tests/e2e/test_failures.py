@@ -16,7 +16,6 @@ import aiohttp
 import pytest
 
 from strata.common.client import Client
-from strata.local import launcher
 from strata.local.cluster import Cluster, wait_until
 from strata.local.postgres import EmbeddedPostgres, free_port
 from tests.e2e.scrape import scrape, value
@@ -278,18 +277,15 @@ async def test_two_masters_never_dispatch_the_same_attempt_twice(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     await cluster.start_master()
-    second_http, second_grpc = free_port(), free_port()
-    cluster._spawn("master2", launcher.master_argv(http_port=second_http,
-                                                   grpc_port=second_grpc))
-    # One region reports to each master; both masters delegate to both regions.
+    await cluster.start_master("master2")
+    # One region reports to each master, and each master delegates to its own region:
+    # both masters claim from one table at once.
     await cluster.start_region("east")
     await cluster.start_worker("east", "east-w1", concurrency=8)
-    port = cluster.region_ports.setdefault("west", free_port())
-    cluster._spawn("west", launcher.regional_argv(
-        name="west", master=launcher.local_address(second_grpc), grpc_port=port))
+    await cluster.start_region("west", masters=["master2"])
     await cluster.start_worker("west", "west-w1", concurrency=8)
     record = tmp_path / "executions"
-    async with cluster.client() as c, Client(f"http://127.0.0.1:{second_http}") as c2:
+    async with cluster.client() as c, cluster.client("master2") as c2:
         half = await c.create_batch([_recording(record, f"a{n}") for n in range(150)])
         other = await c2.create_batch([_recording(record, f"b{n}") for n in range(150)])
         finished = [await c.wait(i, timeout_s=60) for i in half + other]

@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 
 from strata.common.client import Client
-from strata.local import launcher
 from strata.local.cluster import Cluster, wait_until
-from strata.local.postgres import free_port
 from tests.e2e.scrape import scrape, total
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -30,12 +28,10 @@ async def _fires(c: Client, name: str) -> list[dict[str, Any]]:
 
 async def test_every_second_on_two_masters_then_one_is_killed(cluster: Cluster) -> None:
     await cluster.start_master()
-    second = free_port()
-    cluster._spawn("master2", launcher.master_argv(http_port=second, grpc_port=free_port()))
+    await cluster.start_master("master2")
     await cluster.start_region("east")
     await cluster.start_worker("east", "east-w1", concurrency=8)
-    async with cluster.client() as c, Client(f"http://127.0.0.1:{second}") as c2:
-        await wait_until(lambda: c2.request("GET", "/readyz"), what="the second master")
+    async with cluster.client() as c:
         made = await c.request("POST", "/v1/schedules", json={
             "name": "tick", "every_s": 1, "task": {"kind": "shell", "command": "true"}})
         begun = _at(made["next_fire_at"])
