@@ -11,9 +11,7 @@ import asyncpg
 import pytest
 
 from strata.common.client import Client
-from strata.local import launcher
 from strata.local.cluster import Cluster, wait_until
-from strata.local.postgres import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -33,10 +31,10 @@ async def test_a_key_limit_holds_across_two_masters_and_other_keys_are_not_held_
     cluster: Cluster, database_url: str
 ) -> None:
     await cluster.start_master()
-    second = free_port()
-    cluster._spawn("master2", launcher.master_argv(http_port=second, grpc_port=free_port()))
-    for region in ("east", "west"):
-        await cluster.start_region(region)
+    await cluster.start_master("master2")
+    # Each master claims for a region of its own: both claim the key's tasks at once.
+    for region, master in (("east", "master"), ("west", "master2")):
+        await cluster.start_region(region, masters=[master])
         await cluster.start_worker(region, f"{region}-w1", concurrency=16)
     samples: list[int] = []
     stop = asyncio.Event()
@@ -46,8 +44,7 @@ async def test_a_key_limit_holds_across_two_masters_and_other_keys_are_not_held_
         while not stop.is_set():
             samples.append(await _in_flight(conn, "etl"))
 
-    async with cluster.client() as c, Client(f"http://127.0.0.1:{second}") as c2:
-        await wait_until(lambda: c2.request("GET", "/readyz"), what="the second master")
+    async with cluster.client() as c, cluster.client("master2") as c2:
         limited = await c2.set_concurrency("etl", 3)
         assert limited == {"key": "etl", "limit": 3, "active": 0, "pending": 0}
         sampler = asyncio.create_task(sample())
@@ -71,8 +68,7 @@ async def test_a_key_limit_holds_across_two_masters_and_other_keys_are_not_held_
             await sampler
             await conn.close()
     assert all(t["state"] == "succeeded" for t in finished)
-    # Both masters claimed some of the key's tasks (the second has no region of its own:
-    # it claims from the same table, for the same regions).
+    # Both masters claimed some of the key's tasks, each for its own region.
     assert {t["region"] for t in finished} == {"east", "west"}
     assert len(samples) > 100
     assert max(samples) == 3, max(samples)

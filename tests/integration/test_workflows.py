@@ -272,6 +272,33 @@ async def test_a_limited_key_never_has_more_than_its_limit_in_flight(
     assert (key.limit, key.active, key.pending) == (3, 3, 5)
 
 
+async def test_a_finished_task_of_a_limited_key_wakes_every_master(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    """Its slot is free for every master's regions: each master's scanner LISTENs."""
+    woken: asyncio.Queue[str] = asyncio.Queue()
+    await raw.add_listener("strata_tasks", lambda *args: woken.put_nowait(args[-1]))
+    await db.set_concurrency_limit("k", 1)
+    await insert(db, item(concurrency_key="k"), item(concurrency_key="k"),
+                 item(concurrency_key="free"), item())
+    await asyncio.wait_for(woken.get(), timeout=10)  # the insert's own
+    claimed = await db.claim("a", 100, fair=True)
+    assert len(claimed) == 3  # one of k (its limit), the other key's, the unkeyed one
+    unlimited = [c for c in claimed if c.id not in await _keyed(raw, "k")]
+    await finish(db, unlimited)
+    limited = [c for c in claimed if c not in unlimited]
+    await finish(db, limited)
+    # Only the limited key's end notified; the next notification sent is ours.
+    await raw.execute("SELECT pg_notify('strata_tasks', 'marker')")
+    assert await asyncio.wait_for(woken.get(), timeout=10) == ""
+    assert await asyncio.wait_for(woken.get(), timeout=10) == "marker"
+
+
+async def _keyed(raw: asyncpg.Connection, key: str) -> set[uuid.UUID]:
+    rows = await raw.fetch("SELECT id FROM tasks WHERE concurrency_key = $1", key)
+    return {r["id"] for r in rows}
+
+
 async def test_one_keys_backlog_does_not_delay_another_keys_task(db: Database) -> None:
     await insert(db, *[item(concurrency_key="big", priority=5) for _ in range(2000)])
     (small,) = await insert(db, item(concurrency_key="small"))
