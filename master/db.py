@@ -205,14 +205,6 @@ class Claimed:
         return TaskRef(str(self.id), self.attempt)
 
 
-def _claimed(r: Any) -> Claimed:
-    return Claimed(
-        id=r["id"], attempt=r["attempt"], kind=r["kind"], payload_json=r["payload"],
-        timeout_s=r["timeout_s"], priority=r["priority"], run_at=r["run_at"],
-        parent_outputs_json=r["parent_outputs"] or "",
-    )
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Inserted:
     """What a create wrote: the ``created_at`` every new task got (None if none was
@@ -242,7 +234,6 @@ class RegionRoom:
     name: str
     address: str
     room: int
-    pinned_due: int = 0  # unkeyed tasks pinned to it that are due (counted up to a cap)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -450,7 +441,6 @@ class Database:
         self.aging = Aging(priority_aging)
         self._claim_due = self.aging.order(Q["claim_due"])
         self._claim_fair_sql = self.aging.order(Q["claim_fair"])
-        self._claim_many = self.aging.order(Q["claim_many"])
 
     @classmethod
     async def connect(
@@ -696,25 +686,15 @@ class Database:
             rows = await self._claim_fair(region, limit)
         else:
             rows = await self._planned_pool.fetch(self._claim_due, region, limit)
-        claimed = [_claimed(r) for r in rows]
+        claimed = [
+            Claimed(
+                id=r["id"], attempt=r["attempt"], kind=r["kind"], payload_json=r["payload"],
+                timeout_s=r["timeout_s"], priority=r["priority"], run_at=r["run_at"],
+                parent_outputs_json=r["parent_outputs"] or "",
+            )
+            for r in rows
+        ]
         claimed.sort(key=self.aging.claim_order)
-        return claimed
-
-    @_wrap
-    async def claim_many(self, quotas: Sequence[tuple[str, int]]
-                         ) -> dict[str, list[Claimed]]:
-        """Claim for several regions in one statement: for each (region, n), up to n due
-        tasks that are pinned to no region, the most urgent to the first region. Only
-        for regions with no pinned task due and when no task with a concurrency key is:
-        otherwise :meth:`claim`. Every region of ``quotas`` is in the answer."""
-        rows = await self._planned_pool.fetch(
-            self._claim_many, [r for r, _ in quotas], [n for _, n in quotas],
-            sum(n for _, n in quotas))
-        claimed: dict[str, list[Claimed]] = {r: [] for r, _ in quotas}
-        for r in rows:
-            claimed[r["region"]].append(_claimed(r))
-        for tasks in claimed.values():
-            tasks.sort(key=self.aging.claim_order)
         return claimed
 
     async def _claim_fair(self, region: str, limit: int) -> list[Any]:
@@ -763,8 +743,7 @@ class Database:
         rows = await self._planned_pool.fetch(
             Q["region_room"], dead_after.total_seconds(), master, count_up_to)
         return Rooms(
-            regions=[RegionRoom(name=r["name"], address=r["address"], room=r["room"],
-                                pinned_due=r["pinned_due"])
+            regions=[RegionRoom(name=r["name"], address=r["address"], room=r["room"])
                      for r in rows],
             keyed_due=any(r["keyed_due"] for r in rows),
             due=rows[0]["due"] if rows else 0)

@@ -163,16 +163,8 @@ class Scanner:
         # A backlog fills every share: the next scan need not count what is due.
         self._backlogged = bool(shares)
         # Tasks with concurrency keys are due: claims go key by key, within limits.
-        # Otherwise the regions with no pinned task due claim in one statement together.
-        together = [] if rooms.keyed_due else [r for r in shares if not r.pinned_due]
-        claims: dict[RegionRoom, list[Claimed]] = {}
-        if len(together) > 1:
-            by_name = await self._db.claim_many([(r.name, shares[r]) for r in together])
-            claims = {r: by_name[r.name] for r in together}
         for region, quota in shares.items():
-            claimed = claims.get(region)
-            if claimed is None:
-                claimed = await self._db.claim(region.name, quota, fair=rooms.keyed_due)
+            claimed = await self._db.claim(region.name, quota, fair=rooms.keyed_due)
             self._metrics.claimed(region.name, claimed)
             if len(claimed) < quota:
                 self._backlogged = False

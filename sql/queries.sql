@@ -253,46 +253,6 @@ SELECT c.*, CASE WHEN c.depends_on IS NOT NULL THEN (
            WHERE p.id = ANY (c.depends_on))::text END AS parent_outputs
 FROM claimed AS c;
 
--- name: claim_many
--- As claim_due, for several regions at once ($1 their names, $2 how many each takes),
--- none of which has pinned tasks due: the sum($2) most urgent unpinned due tasks, read
--- from the claim index in its order and locked as read, the first $2[1] of them for the
--- first region, the next $2[2] for the second, and so on. One statement a scan, however
--- many regions it serves.
-WITH quotas AS (
-    SELECT r.name, sum(r.q) OVER (ORDER BY r.ord) - r.q AS after,
-           sum(r.q) OVER (ORDER BY r.ord) AS upto
-    FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS r (name, q, ord)
-), free AS (
-    SELECT id, priority, run_at FROM tasks
-    WHERE state = 'pending' AND near AND region IS NULL AND concurrency_key IS NULL
-      AND run_at <= now()
-    ORDER BY priority DESC, run_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-), due AS (
-    SELECT f.id, q.name
-    FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, run_at) AS n FROM free) AS f
-    JOIN quotas AS q ON f.n > q.after AND f.n <= q.upto
-), claimed AS (
-    UPDATE tasks AS t
-    SET state = 'dispatched', attempt = t.attempt + 1, assigned_region = d.name,
-        picked_at = coalesce(t.picked_at, now()), claimed_at = now(), worker_id = NULL
-    FROM due AS d
-    -- By key, whatever the planner guesses of the candidates' number.
-    WHERE t.id = ANY (ARRAY (SELECT id FROM due)) AND d.id = t.id
-    RETURNING t.assigned_region AS region, t.id, t.attempt, t.kind, t.payload::text AS payload,
-              t.timeout_s, t.priority, t.run_at, t.depends_on
-), counted AS (
-    INSERT INTO task_counts (state, slot, n)
-    SELECT 'pending', pg_backend_pid() % 16, -count(*) FROM claimed HAVING count(*) > 0
-    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
-)
-SELECT c.*, CASE WHEN c.depends_on IS NOT NULL THEN (
-           SELECT jsonb_object_agg(p.id, p.output) FROM tasks AS p
-           WHERE p.id = ANY (c.depends_on))::text END AS parent_outputs
-FROM claimed AS c;
-
 -- name: lock_due_keys
 -- Up to $2 keys with near pending tasks, in key order from just after $1 round to it
 -- (each claim starts where the last one stopped), each read by a skip over the keyed
@@ -436,32 +396,21 @@ SELECT least(
 -- name: region_room
 -- Live regions of master $2 (every live region when $2 is NULL) and how many more tasks
 -- each will take: what it advertised it holds at most, less what is already dispatched
--- to it or running there; and whether any unkeyed task pinned to it is due (counted up
--- to $3, or found at all when $3 is 0), read from its own range of the pinned claim
--- index. And, the same on every row (each evaluated once): whether any task with a
--- concurrency key is due (claims then go key by key), and how many due tasks these
--- regions could take, counted up to $3 (0: not counted), each from its claim index (read
--- in its order, so that no other index is taken for it): unkeyed free, unkeyed pinned to
--- one of them, keyed. A region's share of a scan follows that count, so a small batch is
--- spread, not taken by one. One round trip for all of it, on every scan.
+-- to it or running there. And, the same on every row (each evaluated once): whether any
+-- task with a concurrency key is due (claims then go key by key), and how many due tasks
+-- these regions could take, counted up to $3 (0: not counted), each from its claim
+-- index (read in its order, so that no other index is taken for it): unkeyed free,
+-- unkeyed pinned to one of them, keyed. A region's share of a scan
+-- follows that count, so a small batch is spread, not taken by one. One round trip for
+-- all of it, on every scan.
 WITH live AS MATERIALIZED (
     SELECT name, address, max_outstanding FROM regions
     WHERE state = 'up' AND last_heartbeat > now() - $1::float8 * interval '1 second'
       AND ($2::text IS NULL OR master IS NULL OR master = $2)
 ), names AS MATERIALIZED (
     SELECT coalesce(array_agg(name), '{}') AS a FROM live
-), pinned AS MATERIALIZED (
-    SELECT lr.name, (SELECT count(*) FROM (
-        -- Region by region: each a range of the pinned claim index.
-        SELECT 1 FROM tasks
-        WHERE state = 'pending' AND near AND region = lr.name
-          AND concurrency_key IS NULL AND run_at <= now()
-        ORDER BY priority DESC, run_at
-        LIMIT greatest($3, 1)
-    ) AS p) AS n
-    FROM live AS lr
 )
-SELECT l.name, l.address, l.max_outstanding - coalesce(i.n, 0) AS room, p.n AS pinned_due,
+SELECT l.name, l.address, l.max_outstanding - coalesce(i.n, 0) AS room,
        EXISTS (SELECT 1 FROM tasks
                WHERE state = 'pending' AND near AND concurrency_key IS NOT NULL
                  AND run_at <= now()) AS keyed_due,
@@ -471,7 +420,14 @@ SELECT l.name, l.address, l.max_outstanding - coalesce(i.n, 0) AS room, p.n AS p
               AND run_at <= now()
             ORDER BY priority DESC, run_at  -- the claim index's order: read from it
             LIMIT $3
-        ) AS free) + (SELECT coalesce(sum(n), 0) FROM pinned) + (SELECT count(*) FROM (
+        ) AS free) + (SELECT count(*) FROM live AS lr, LATERAL (
+            -- Region by region: each a range of the pinned claim index.
+            SELECT 1 FROM tasks
+            WHERE state = 'pending' AND near AND region = lr.name
+              AND concurrency_key IS NULL AND run_at <= now()
+            ORDER BY priority DESC, run_at
+            LIMIT $3
+        ) AS pinned) + (SELECT count(*) FROM (
             SELECT 1 FROM tasks
             WHERE state = 'pending' AND near AND concurrency_key IS NOT NULL
               AND (region IS NULL OR region = ANY ((SELECT a FROM names)::text[]))
@@ -479,7 +435,6 @@ SELECT l.name, l.address, l.max_outstanding - coalesce(i.n, 0) AS room, p.n AS p
             LIMIT $3
         ) AS keyed))) AS due
 FROM live AS l
-JOIN pinned AS p ON p.name = l.name
 LEFT JOIN (
     SELECT assigned_region, count(*) AS n
     FROM tasks
