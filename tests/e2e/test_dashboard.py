@@ -43,7 +43,8 @@ async def test_dashboard_follows_tasks_live_and_cancels_one(
         await page.evaluate("window.sameDocument = true")
 
         await page.get_by_role("link", name="Tasks", exact=True).click()
-        await expect(page.locator("body")).to_have_attribute("data-view", "tasks")
+        await expect(page.locator("body"), f"page errors: {errors}").to_have_attribute(
+            "data-view", "tasks")
         await expect(page.locator(".empty")).to_have_text("No tasks.")
         created = await c.create(kind="shell", command="echo hello from the dashboard")
         row = page.locator(f"tr[data-task-id='{created['id']}']")
@@ -264,6 +265,8 @@ async def test_with_api_tokens_the_page_asks_for_one_and_then_follows_tasks_live
         await page.evaluate("window.sameDocument = true")
 
         await page.get_by_role("link", name="Tasks", exact=True).click()
+        await expect(page.locator("body"), f"page errors: {errors}").to_have_attribute(
+            "data-view", "tasks")
         await expect(page.locator(".empty")).to_have_text("No tasks.")
         created = await c.create(kind="shell", command="echo behind a token")
         row = page.locator(f"tr[data-task-id='{created['id']}']")
