@@ -24,6 +24,9 @@ bench.<name>``): its figures as they come, prefixed with its name, then a summar
   alternating runs on backlogs of one size: the median of each and their ratio
 - topologies: the same drain over 2 regions and over 16 of equal total capacity, and
   under 1, 2 and 3 masters, in alternating runs: each one's median and its ratio
+- profile: where each task's CPU goes during a drain: every process sampled by py-spy,
+  PostgreSQL's statements by pg_stat_statements (needs py-spy: ``pip install -e
+  '.[bench]'``; the machine's PostgreSQL binaries for the statements)
 
 They run one at a time because each measures a whole cluster on this machine: two at
 once would measure each other. ``--quick`` runs smaller sizes and single trials, to
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import subprocess
 import sys
 import time
@@ -58,6 +62,12 @@ def _needs_toxiproxy() -> str | None:
 def _needs_pgqueuer() -> str | None:
     if importlib.util.find_spec("pgqueuer") is None:
         return "pgqueuer not installed: `pip install -e '.[bench]'` (`make bench` does)"
+    return None
+
+
+def _needs_pyspy() -> str | None:
+    if shutil.which("py-spy") is None:
+        return "py-spy not installed: `pip install -e '.[bench]'` (`make bench` does)"
     return None
 
 
@@ -110,6 +120,9 @@ BENCHES = (
           missing=_needs_pgqueuer),
     Bench(name="topologies", quick_args=("--backlog", "10000", "--rounds", "1"),
           figures=("regions median", "masters median")),
+    Bench(name="profile", quick_args=("--backlog", "10000", "--top", "5"),
+          figures=("drain:", "CPU per task", "master:", "regions:", "workers:", "postgres:"),
+          missing=_needs_pyspy),
 )
 
 

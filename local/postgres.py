@@ -176,12 +176,16 @@ def _prepare_root(bindir: Path) -> _RunAs:
 class EmbeddedPostgres:
     """A PostgreSQL server of our own on 127.0.0.1, data kept in data_dir between runs."""
 
-    def __init__(self, data_dir: Path, *, port: int, fast: bool = False) -> None:
+    def __init__(self, data_dir: Path, *, port: int, fast: bool = False,
+                 bindir: Path | None = None, options: Sequence[str] = ()) -> None:
+        """``bindir``: the server binaries to use (default: :func:`find_bindir`);
+        ``options``: more ``name=value`` server settings, each passed as ``-c``."""
         self.data_dir = data_dir.expanduser().resolve()
         self.port = port
         self.fast = fast
+        self.options = tuple(options)
         self.log_file = self.data_dir / LOG_FILE
-        self._bindir: Path | None = None
+        self._bindir: Path | None = bindir
         self._started_here = False
         # Found running on data_dir by start(), not started by us: stop() leaves it be.
         self.adopted_pid: int | None = None
@@ -300,9 +304,8 @@ class EmbeddedPostgres:
             "-h", HOST, "-p", str(self.port), "-k", str(self._socket_dir()),
             "-c", f"max_connections={MAX_CONNECTIONS}",
         ]
-        if self.fast:
-            for option in FAST_OPTIONS:
-                options += ["-c", option]
+        for option in (*(FAST_OPTIONS if self.fast else ()), *self.options):
+            options += ["-c", option]
         logger.info(
             "starting postgres on %s:%s (data %s)", HOST, self.port, self.data_dir,
             extra={"action": "postgres_starting", "port": self.port},

@@ -109,6 +109,19 @@ async def claim_one(db: Database, task_id: uuid.UUID, region: str = "a") -> Clai
 # ---- insert ---------------------------------------------------------------------------
 
 
+async def test_no_session_of_the_master_compiles_plans_with_jit(
+    db: Database, raw: asyncpg.Connection
+) -> None:
+    """The server's default is jit = on; a plan with a disabled path (the claim's
+    settings) costs past jit_above_cost, and a server built with LLVM then spends
+    hundreds of milliseconds compiling every claim. Every pool of the master turns it
+    off for its sessions."""
+    assert await raw.fetchval("SHOW jit") == "on"
+    for pool in (db._pool, db._planned_pool):
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW jit") == "off"
+
+
 async def test_insert_one_task(db: Database) -> None:
     task = new_task(priority=3, region="eu", max_attempts=2, timeout_s=9.5)
     await db.insert_tasks([task])
