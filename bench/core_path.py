@@ -76,7 +76,11 @@ async def drain_time(db_url: str, total: int, due: datetime) -> tuple[float, flo
     return (last - due).total_seconds(), (last - first).total_seconds()
 
 
-async def latency(cluster: Cluster, db_url: str, rate: float, seconds: float) -> list[float]:
+async def latency(cluster: Cluster, db_url: str, rate: float, seconds: float
+                  ) -> dict[str, list[float]]:
+    """Per task, in ms: due -> started, and its parts: due -> inserted (the API's own
+    time: created_at is the insert's), inserted -> claimed by the master, claimed ->
+    started on a worker; and due -> claimed."""
     async with cluster.client() as c:
         ids = []
         began = time.perf_counter()
@@ -91,12 +95,18 @@ async def latency(cluster: Cluster, db_url: str, rate: float, seconds: float) ->
     conn = await asyncpg.connect(db_url)
     try:
         rows = await conn.fetch(
-            "SELECT extract(epoch FROM started_at - run_at) * 1000 AS ms FROM tasks "
-            "WHERE id = any($1::uuid[])", ids,
+            "SELECT extract(epoch FROM started_at - run_at) * 1000 AS started, "
+            "extract(epoch FROM picked_at - run_at) * 1000 AS claimed, "
+            "extract(epoch FROM created_at - run_at) * 1000 AS inserted "
+            "FROM tasks WHERE id = any($1::uuid[])", ids,
         )
     finally:
         await conn.close()
-    return [float(r["ms"]) for r in rows]
+    return {"started": [float(r["started"]) for r in rows],
+            "claimed": [float(r["claimed"]) for r in rows],
+            "due->inserted": [float(r["inserted"]) for r in rows],
+            "inserted->claimed": [float(r["claimed"] - r["inserted"]) for r in rows],
+            "claimed->started": [float(r["started"] - r["claimed"]) for r in rows]}
 
 
 def _cpu(cluster: Cluster, pg: EmbeddedPostgres) -> dict[str, float]:
@@ -168,10 +178,14 @@ async def main(args: argparse.Namespace) -> None:
                 async with cluster.client() as c:
                     await wait_until(lambda: _subscribed(c), what="the watcher subscribed")
             # Latency first, on an idle cluster with an empty table.
-            lat = await latency(cluster, url, args.rate, args.seconds)
+            parts = await latency(cluster, url, args.rate, args.seconds)
+            lat = parts["started"]
             print(f"latency due->started at {args.rate:.0f} tasks/s for {args.seconds:.0f}s: "
                   f"p50 {_pct(lat, 0.5):.1f} ms  p99 {_pct(lat, 0.99):.1f} ms  "
                   f"max {max(lat):.1f} ms  (n={len(lat)})")
+            print("  of which " + ", ".join(
+                f"{name} p50 {_pct(v, 0.5):.1f} ms p99 {_pct(v, 0.99):.1f} ms"
+                for name, v in parts.items() if "->" in name))
 
             due = datetime.now(UTC) + timedelta(seconds=args.lead)
             rate = await ingest(cluster, args.backlog, due)
