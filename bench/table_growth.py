@@ -3,9 +3,9 @@ workers.
 
 Measured on an empty table (but for one page of pending tasks), then again with:
 - 1,000,000 finished tasks and 10,000,000 tasks due in an hour (at priority 1, above
-  the due tasks measured; written by one statement each): GET /v1/stats, GET /v1/tasks?state=pending&limit=50 and a
-  Prometheus scrape of GET /metrics (median of 50 calls each) and due -> started
-  latency of priority-0 tasks;
+  the due tasks measured; written by one statement each): GET /v1/stats,
+  GET /v1/tasks?state=pending&limit=50 and a Prometheus scrape of GET /metrics (median
+  of 50 calls each) and due -> started latency of priority-0 tasks;
 - 50,000, then 1,000,000 tasks pinned to a region that is down: due -> started latency
   of unrelated, unpinned tasks.
 
