@@ -44,6 +44,9 @@ TokenHashes = Annotated[list[Annotated[str, AfterValidator(tokens.as_hash)]], No
                         BeforeValidator(_token_entries)]
 
 DEFAULT_HEARTBEAT_INTERVAL = timedelta(seconds=1)
+# Work a region holds beyond what its workers run, in time: what they get through in
+# this long at their recent pace covers the master's turn-around between two batches.
+DEFAULT_QUEUE_HORIZON = timedelta(milliseconds=250)
 DEFAULT_WORKER_DEAD_AFTER = timedelta(seconds=3)
 DEFAULT_REGION_DEAD_AFTER = timedelta(seconds=5)
 DEFAULT_SCAN_INTERVAL = timedelta(milliseconds=500)
@@ -175,12 +178,27 @@ class RegionalSettings(_Base):
     queue_factor: float = Field(
         default=1.0, ge=0, le=16,
         description="tasks held beyond what workers run, as a multiple of their capacity")
+    # And more while tasks are short: as many as the workers finish in this long, at the
+    # pace of the last half second (up to 16 times their capacity). Long tasks finish
+    # slowly, so a region never hoards them; a flood of short ones is held deep enough
+    # that workers do not idle while the master turns around.
+    queue_horizon: Seconds = Field(
+        default=DEFAULT_QUEUE_HORIZON,
+        description="seconds of work, at the workers' recent pace, held beyond what they "
+                    "run when that is more than queue_factor gives (0: off)")
     report_batch: int = Field(default=1000, ge=1, le=10_000,
                               description="most events in one report to the master")
     breaker_failures: int = Field(default=3, ge=1,
                                   description="consecutive failures that open a breaker")
     breaker_reset: Seconds = Field(default=timedelta(seconds=2),
                                    description="seconds an open breaker waits to try again")
+
+    @field_validator("queue_horizon")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must be 0 or more seconds")
+        return value
 
     @property
     def advertised_address(self) -> str:

@@ -119,7 +119,7 @@ class Uplink:
             capacity=c.capacity,
             running=c.running,
             queued=c.queued,
-            max_outstanding=c.max_outstanding,
+            max_outstanding=c.advertise(),
             workers=[
                 pb.WorkerInfo(
                     id=w.id, capacity=w.capacity, running=len(w.inflight),
@@ -160,7 +160,8 @@ async def serve(settings: RegionalSettings, stop: asyncio.Event | None = None) -
                 worker_id=worker_id, error=reason))
 
     coordinator = Coordinator(
-        name=settings.name, queue_factor=settings.queue_factor, lease=lease,
+        name=settings.name, queue_factor=settings.queue_factor,
+        queue_horizon_s=settings.queue_horizon.total_seconds(), lease=lease,
         on_capacity_change=lambda: uplink.poke(),
         hand_back=lambda specs, reason: uplink.hand_back(specs, reason),
         on_evicted=report_evicted,

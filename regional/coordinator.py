@@ -23,6 +23,39 @@ logger = logging.getLogger(__name__)
 # Results forwarded lately, to recognise one sent again after a broken stream; bounded
 # so that memory follows the region's capacity, not its history.
 REMEMBERED_RESULTS = 50_000
+# The most a region holds beyond what its workers run, whatever their pace: memory
+# follows capacity.
+MAX_QUEUE_FACTOR = 16
+
+
+class Pace:
+    """Tasks finished per second over the last half second, counted in buckets of a
+    tenth of a second: a few integer additions a batch, however many tasks it has."""
+
+    BUCKET_S = 0.1
+    BUCKETS = 5
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._counts = [0] * self.BUCKETS
+        self._bucket = self._now()
+
+    def _now(self) -> int:
+        return math.floor(self._clock() / self.BUCKET_S)
+
+    def _roll(self) -> int:
+        now = self._now()
+        for b in range(max(self._bucket + 1, now - self.BUCKETS + 1), now + 1):
+            self._counts[b % self.BUCKETS] = 0
+        self._bucket = max(self._bucket, now)
+        return self._bucket
+
+    def add(self, n: int) -> None:
+        self._counts[self._roll() % self.BUCKETS] += n
+
+    def per_second(self) -> float:
+        self._roll()
+        return sum(self._counts) / (self.BUCKETS * self.BUCKET_S)
 
 
 def ref_of(spec: pb.TaskSpec | pb.TaskEvent | pb.TaskRef) -> TaskRef:
@@ -68,6 +101,7 @@ class Coordinator:
         *,
         name: str,
         queue_factor: float,
+        queue_horizon_s: float = 0.0,
         on_capacity_change: Callable[[], None],
         hand_back: Callable[[list[pb.TaskSpec], str], None],
         lease: Lease | None = None,
@@ -75,6 +109,12 @@ class Coordinator:
     ) -> None:
         self.name = name
         self._queue_factor = queue_factor
+        self._queue_horizon_s = queue_horizon_s
+        self.pace = Pace()
+        # Tasks held beyond capacity for the workers' pace, as last advertised to the
+        # master: the master claims by what it was told, so the region accepts that much
+        # until its next heartbeat says otherwise.
+        self._paced = 0
         self._on_capacity_change = on_capacity_change
         self._hand_back = hand_back
         # Told (worker id, its attempts, why) when a worker is gone for good and its
@@ -105,7 +145,21 @@ class Coordinator:
         if not self.accepting:
             return 0
         capacity = self.capacity
-        return capacity + math.ceil(capacity * self._queue_factor)
+        return capacity + max(math.ceil(capacity * self._queue_factor),
+                              min(self._paced, capacity * MAX_QUEUE_FACTOR))
+
+    def _paced_now(self) -> int:
+        return math.ceil(self.pace.per_second() * self._queue_horizon_s)
+
+    def advertise(self) -> int:
+        """max_outstanding for a heartbeat: the workers' pace as it is now."""
+        self._paced = self._paced_now()
+        return self.max_outstanding
+
+    def _pace_moved(self) -> bool:
+        """The pace has doubled or halved since it was last advertised."""
+        now = self._paced_now()
+        return now > 2 * self._paced or 2 * now < self._paced
 
     @property
     def queued(self) -> int:
@@ -317,6 +371,10 @@ class Coordinator:
         """A worker reported results: its slots are free again."""
         done = set(refs)
         self._held -= done
+        if self._queue_horizon_s:
+            self.pace.add(len(done))
+            if self._pace_moved():
+                self._on_capacity_change()  # a heartbeat now tells the master
         worker = self._workers.get(worker_id)
         if worker is None:
             return

@@ -9,7 +9,7 @@ import pytest
 
 from strata.common.events import TaskRef
 from strata.proto import strata_pb2 as pb
-from strata.regional.coordinator import Coordinator, WorkerConn, ref_of
+from strata.regional.coordinator import MAX_QUEUE_FACTOR, Coordinator, Pace, WorkerConn, ref_of
 from strata.regional.lease import Lease
 
 
@@ -73,7 +73,8 @@ class Region:
         return conn
 
 
-def make_region(queue_factor: float = 1.0, lease: Lease | None = None) -> Region:
+def make_region(queue_factor: float = 1.0, lease: Lease | None = None,
+                queue_horizon_s: float = 0.0) -> Region:
     region: Region
 
     def capacity_changed() -> None:
@@ -86,6 +87,7 @@ def make_region(queue_factor: float = 1.0, lease: Lease | None = None) -> Region
         region.evicted.append((worker_id, ids(tasks), reason))
 
     region = Region(Coordinator(name="r", queue_factor=queue_factor, lease=lease,
+                                queue_horizon_s=queue_horizon_s,
                                 on_capacity_change=capacity_changed, hand_back=hand_back,
                                 on_evicted=evicted))
     return region
@@ -187,6 +189,85 @@ def test_tasks_stay_queued_when_every_worker_is_full(region: Region):
     assert region.coordinator.queued == 2
     assert region.coordinator.assign() == 0
     assert len(region.streams["w1"].messages) == 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pace_counts_the_last_half_second_only():
+    clock = Clock()
+    pace = Pace(clock)
+    pace.add(10)
+    clock.now += 0.25
+    pace.add(40)
+    assert pace.per_second() == pytest.approx(50 / 0.5)
+    clock.now += 0.3  # the first bucket is out of the window; the second is not
+    assert pace.per_second() == pytest.approx(40 / 0.5)
+    clock.now += 10  # a long silence: nothing left, however far the clock moved
+    assert pace.per_second() == 0
+    pace.add(5)
+    assert pace.per_second() == pytest.approx(5 / 0.5)
+
+
+def finish_all(region: Region, worker_id: str, done: list[pb.TaskSpec]) -> None:
+    region.coordinator.finished(worker_id, [ref_of(s) for s in done])
+
+
+def test_short_tasks_make_the_region_hold_its_workers_pace_times_the_horizon():
+    region = make_region(queue_factor=1.0, queue_horizon_s=0.25)
+    clock = Clock()
+    region.coordinator.pace = Pace(clock)
+    region.join("w1", 4)
+    c = region.coordinator
+    assert c.advertise() == 4 + 4  # no pace yet: queue_factor's share
+    changes = region.capacity_changes
+    # 40 tasks finished within the last half second: 80 a second, 20 in a quarter.
+    c.accept(specs(*range(8)))
+    finish_all(region, "w1", specs(*range(4)))
+    clock.now += 0.1
+    c.accept(specs(*range(8, 12)))
+    finish_all(region, "w1", specs(*range(4, 8)))
+    c.pace.add(32)
+    assert c.max_outstanding == 8  # what was advertised holds until the next heartbeat
+    finish_all(region, "w1", [])
+    assert region.capacity_changes > changes  # the pace doubled: a heartbeat is asked for
+    assert c.advertise() == 4 + 20
+    held = c.queued + c.running
+    accepted, rejected = c.accept(specs(*range(100, 130)))
+    assert (len(accepted), len(rejected)) == (24 - held, 30 - (24 - held))
+    assert c.queued + c.running == 24
+
+
+def test_the_paced_share_is_capped_by_capacity():
+    region = make_region(queue_factor=0.0, queue_horizon_s=10.0)
+    region.coordinator.pace = Pace(Clock())
+    region.join("w1", 2)
+    region.coordinator.pace.add(10_000)
+    assert region.coordinator.advertise() == 2 + 2 * MAX_QUEUE_FACTOR
+
+
+def test_long_tasks_keep_queue_factors_share():
+    region = make_region(queue_factor=1.0, queue_horizon_s=0.25)
+    region.coordinator.pace = Pace(Clock())
+    region.join("w1", 8)
+    region.coordinator.pace.add(2)  # 4 a second: one in a quarter of a second
+    assert region.coordinator.advertise() == 8 + 8
+
+
+def test_without_a_horizon_the_pace_is_not_kept():
+    region = make_region(queue_factor=1.0)
+    region.join("w1", 2)
+    region.coordinator.accept(specs(0, 1))
+    changes = region.capacity_changes
+    finish_all(region, "w1", specs(0, 1))
+    assert region.coordinator.pace.per_second() == 0
+    assert region.capacity_changes == changes
+    assert region.coordinator.advertise() == 4
 
 
 def test_finished_frees_slots_and_assigns_queued_tasks(region: Region):

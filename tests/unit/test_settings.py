@@ -55,6 +55,15 @@ def test_region_dead_after(monkeypatch: pytest.MonkeyPatch):
     assert MasterSettings().region_dead_after == timedelta(seconds=12)
 
 
+def test_queue_horizon(monkeypatch: pytest.MonkeyPatch):
+    assert RegionalSettings().queue_horizon == timedelta(milliseconds=250)
+    monkeypatch.setenv("STRATA_QUEUE_HORIZON", "0")
+    assert RegionalSettings().queue_horizon == timedelta(0)
+    monkeypatch.setenv("STRATA_QUEUE_HORIZON", "-1")
+    with pytest.raises(ValidationError, match="queue_horizon"):
+        RegionalSettings()
+
+
 def test_a_bad_duration_is_rejected(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("STRATA_HEARTBEAT_INTERVAL", "soon")
     with pytest.raises(ValidationError, match="heartbeat_interval"):
