@@ -82,6 +82,9 @@ class WorkerConn:
     # False once its stream closed: it gets nothing new, but keeps what it runs until it
     # reconnects (and says what it still holds) or stays silent past the dead-after.
     connected: bool = True
+    # The last event batch read from it, not yet acknowledged: the next message to it
+    # carries the acknowledgement.
+    ack: int = 0
     last_beat: float = field(default_factory=time.monotonic)
     last_beat_wall: float = field(default_factory=time.time)
 
@@ -428,7 +431,9 @@ class Coordinator:
             worker.inflight[ref] = spec
             batches.setdefault(worker.id, []).append(spec)
         for worker_id, specs in batches.items():
-            self._workers[worker_id].send(pb.RegionMessage(assign=pb.Assign(tasks=specs)))
+            worker = self._workers[worker_id]
+            ack, worker.ack = worker.ack, 0
+            worker.send(pb.RegionMessage(assign=pb.Assign(tasks=specs, ack=ack)))
         if expired:
             self._hand_back(expired, "its lease expired before it could start")
             self._on_capacity_change()

@@ -120,10 +120,14 @@ class RegionService:
                         # Waits when the buffer to the master is full: back-pressure
                         # reaches the worker instead of memory growing.
                         await self._events.put(event)
+                    # In our buffer now, delivered to the master from there: acknowledged
+                    # with the tasks that fill the freed slots, or on its own.
+                    conn.ack = message.events.seq
                     if done:
                         self._coordinator.finished(conn.id, done)
-                    # In our buffer now, delivered to the master from there.
-                    conn.send(pb.RegionMessage(ack=pb.Ack(seq=message.events.seq)))
+                    if conn.ack:
+                        conn.send(pb.RegionMessage(ack=pb.Ack(seq=conn.ack)))
+                        conn.ack = 0
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             logger.info(
                 "worker %s stream ended: %s", conn.id, exc,

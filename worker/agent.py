@@ -179,18 +179,23 @@ class Agent:
                     if body == "assign":
                         for spec in message.assign.tasks:
                             self._start(spec)
+                        self._acked(message.assign.ack)
                     elif body == "cancel":
                         for ref in message.cancel.tasks:
                             task = self._running.get(TaskRef(ref.task_id, ref.attempt))
                             if task is not None:
                                 task.cancel()
                     elif body == "ack":
-                        while self._unacked and self._unacked[0][0] <= message.ack.seq:
-                            self._unacked.popleft()
+                        self._acked(message.ack.seq)
             finally:
                 beats.cancel()
                 renewal.cancel()
                 await asyncio.gather(beats, renewal, return_exceptions=True)
+
+    def _acked(self, seq: int) -> None:
+        """Every event batch up to ``seq`` is safe with the region (0: none said)."""
+        while self._unacked and self._unacked[0][0] <= seq:
+            self._unacked.popleft()
 
     async def _end_for_renewal(self, call: Any) -> None:
         """Once told to renew: stop writing on this stream (writes wait for the next) and
