@@ -1,7 +1,9 @@
 """Every benchmark, one after another, each in a process of its own (as ``python -m
 bench.<name>``): its figures as they come, prefixed with its name, then a summary.
 
-- core_path: ingest, end-to-end throughput, due -> started latency
+- core_path: ingest, end-to-end throughput, due -> started latency (and its parts)
+- grpc_floor: one hop between two processes, idle between calls and back to back: a TCP
+  round trip, a unary gRPC call, a message and its answer on a gRPC stream
 - failover: SIGKILL of a region -> all its tasks running elsewhere
 - breaker: breaker open / closed times for a black-holed region (needs
   ``toxiproxy-server``: ``make toxiproxy`` builds it into ./bin)
@@ -93,6 +95,8 @@ BENCHES = (
     Bench(name="core_path",
           quick_args=("--backlog", "10000", "--seconds", "3", "--lead", "10"),
           figures=("latency", "ingest", "throughput")),
+    Bench(name="grpc_floor", quick_args=("--calls", "50"),
+          figures=("TCP round trip", "gRPC unary call", "gRPC stream round trip")),
     Bench(name="failover", quick_args=("--trials", "1"), figures=("median",)),
     Bench(name="breaker", quick_args=("--trials", "1"),
           figures=("master->region median", "east->master"), missing=_needs_toxiproxy),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -195,3 +196,48 @@ async def test_a_batch_is_spread_over_equal_regions_by_their_room(cluster: Clust
     assert all(t["state"] == "succeeded" for t in done)
     assert set(spread) == {"east", "west"}
     assert all(35 <= n <= 65 for n in spread.values()), spread
+
+
+async def test_a_region_busy_with_short_tasks_holds_its_workers_pace(cluster: Cluster) -> None:
+    """A flood of noop tasks: the region's heartbeats advertise room beyond capacity x
+    (1 + queue_factor), for what its workers finish in the queue horizon, and never
+    more than 16 times capacity beyond it. Every task still runs once, on its first
+    attempt: nothing delegated is refused for want of room."""
+    await cluster.start_master()
+    await cluster.start_region("east")
+    await cluster.start_worker("east", "east-w1", concurrency=8)
+    async with cluster.client() as c:
+
+        async def east() -> dict[str, Any]:
+            (region,) = await c.regions()
+            return region
+
+        async def advertising(most: int) -> bool:
+            return (await east())["max_outstanding"] == most
+
+        await wait_until(lambda: advertising(16), what="east advertising 8 + 8 x 1.0")
+        await c.create_batch([{"kind": "noop"} for _ in range(5000)])
+        seen: list[int] = []
+
+        async def deeper() -> bool:
+            seen.append((await east())["max_outstanding"])
+            return seen[-1] > 16
+
+        await wait_until(deeper, timeout_s=30, what="east holding more than 16")
+        assert max(seen) <= 8 + 8 * 16, seen
+
+        async def drained() -> bool:
+            return (await c.stats())["counts"].get("succeeded") == 5000
+
+        await wait_until(drained, timeout_s=60, what="5,000 tasks succeeded")
+        # The pace falls back with the flood: so does what the region holds.
+        await wait_until(lambda: advertising(16), what="east back at 8 + 8 x 1.0")
+        attempts: Counter[int] = Counter()
+        page = await c.list_tasks(state="succeeded", limit="1000")
+        while True:
+            attempts.update(t["attempt"] for t in page["tasks"])
+            if not page["next_cursor"]:
+                break
+            page = await c.list_tasks(state="succeeded", limit="1000",
+                                      cursor=page["next_cursor"])
+        assert attempts == {1: 5000}, attempts
