@@ -148,8 +148,12 @@ class Coordinator:
         if not self.accepting:
             return 0
         capacity = self.capacity
-        return capacity + max(math.ceil(capacity * self._queue_factor),
-                              min(self._paced, capacity * MAX_QUEUE_FACTOR))
+        return capacity + self._beyond(capacity, self._paced)
+
+    def _beyond(self, capacity: int, paced: int) -> int:
+        """Tasks held beyond capacity: queue_factor's share, or the pace's if more."""
+        return max(math.ceil(capacity * self._queue_factor),
+                   min(paced, capacity * MAX_QUEUE_FACTOR))
 
     def _paced_now(self) -> int:
         return math.ceil(self.pace.per_second() * self._queue_horizon_s)
@@ -160,9 +164,13 @@ class Coordinator:
         return self.max_outstanding
 
     def _pace_moved(self) -> bool:
-        """The pace has doubled or halved since it was last advertised."""
-        now = self._paced_now()
-        return now > 2 * self._paced or 2 * now < self._paced
+        """What the region would hold beyond capacity at the pace of now has doubled or
+        halved since it was advertised (a pace under queue_factor's share moves
+        nothing)."""
+        capacity = self.capacity
+        told = self._beyond(capacity, self._paced)
+        now = self._beyond(capacity, self._paced_now())
+        return now > 2 * told or 2 * now < told
 
     @property
     def queued(self) -> int:

@@ -251,6 +251,18 @@ def test_the_paced_share_is_capped_by_capacity():
     assert region.coordinator.advertise() == 2 + 2 * MAX_QUEUE_FACTOR
 
 
+def test_a_light_pace_under_queue_factors_share_asks_for_no_heartbeat():
+    region = make_region(queue_factor=1.0, queue_horizon_s=0.25)
+    region.coordinator.pace = Pace(Clock())
+    region.join("w1", 8)
+    region.coordinator.advertise()
+    changes = region.capacity_changes
+    region.coordinator.accept(specs(*range(8)))
+    finish_all(region, "w1", specs(*range(8)))  # 16 a second: 4 held, under 8
+    assert region.capacity_changes == changes
+    assert region.coordinator.advertise() == 8 + 8
+
+
 def test_long_tasks_keep_queue_factors_share():
     region = make_region(queue_factor=1.0, queue_horizon_s=0.25)
     region.coordinator.pace = Pace(Clock())
