@@ -20,7 +20,7 @@ import asyncpg
 
 from strata.common.errors import Conflict, DatabaseUnavailable, InvalidInput
 from strata.common.events import Evicted, Finished, Report, Started, TaskRef
-from strata.common.models import NewTask, Task, graph_order, plan_graph
+from strata.common.models import NewTask, Task, TaskState, graph_order, plan_graph
 from strata.common.retry import Backoff, keep_trying, of_type
 from strata.common.schedules import ScheduleSpec
 from strata.common.status import RegionStatus, WorkerInfo
@@ -96,6 +96,34 @@ def _migrations() -> list[tuple[int, str, str]]:
 
 
 Q = _load_queries()
+
+
+def listing(state: str | None, *, newest_first: bool = False) -> str:
+    """The statement that lists tasks in ``state`` (None: in every state), oldest first
+    or newest; parameters as list_tasks_branch's. Of every state, the states' branches
+    merged in created order, each read in order from its own index: the page and one
+    row more of each state, whatever the table holds."""
+    states = [TaskState(state).value] if state is not None else [s.value for s in TaskState]
+    if newest_first:
+        bound = ("(created_at, id) < (coalesce($3::timestamptz, 'infinity'), "
+                 "coalesce($4::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))")
+        order = "created_at DESC, id DESC"
+    else:
+        bound = ("(created_at, id) > (coalesce($3::timestamptz, '-infinity'), "
+                 "coalesce($4::uuid, '00000000-0000-0000-0000-000000000000'))")
+        order = "created_at, id"
+    branches = [f"{Q['list_tasks_branch'].format(state=s, bound=bound)}\n"
+                f"ORDER BY {order}\nLIMIT $5" for s in states]
+    if len(branches) == 1:
+        return branches[0]
+    # Each branch ordered and limited, in a union in FROM: only so does the planner merge
+    # them (Merge Append), reading each no further than the page needs.
+    union = "\nUNION ALL\n".join(f"({b})" for b in branches)
+    return f"SELECT * FROM (\n{union}\n) AS listed\nORDER BY {order}\nLIMIT $5"
+
+
+LISTINGS = {(state, newest): listing(state, newest_first=newest)
+            for state in (None, *(s.value for s in TaskState)) for newest in (False, True)}
 
 
 # The claim indexes' order, and their predicates (migrations 0005 and 0011).
@@ -856,14 +884,11 @@ class Database:
         limit: int,
         newest_first: bool = False,
     ) -> list[Task]:
-        name = "list_tasks_in_state" if state is not None else "list_tasks"
-        if newest_first:
-            name += "_newest_first"
-        args: list[Any] = [region, kind, after[0] if after else None,
-                           after[1] if after else None, limit]
-        if state is not None:
-            args.append(state)
-        rows = await self._planned_pool.fetch(Q[name], *args)
+        query = LISTINGS.get((state, newest_first))
+        if query is None:
+            raise ValueError(f"no such state: {state!r}")
+        rows = await self._planned_pool.fetch(query, region, kind, after[0] if after else None,
+                                              after[1] if after else None, limit)
         return [Task.from_row(r) for r in rows]
 
     @_wrap

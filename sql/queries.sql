@@ -660,47 +660,18 @@ ORDER BY name;
 -- name: get_task
 SELECT * FROM tasks WHERE id = $1;
 
--- name: list_tasks
--- Oldest first; the cursor is the (created_at, id) of the last row seen. No cursor reads
--- from the start: the bound is an index condition either way, in any plan.
+-- name: list_tasks_branch
+-- The tasks in one state ({state}, a literal: each state has an index of its own, partial,
+-- in created order) past the cursor ($3, $4: the (created_at, id) of the last row seen;
+-- {bound} says which way). Database.listing orders and limits it ($5), and merges the
+-- branches of every state for a listing of all: each reads only its part of the page,
+-- and the next row after it. No cursor reads from the start: the bound is an index
+-- condition either way, in any plan.
 SELECT * FROM tasks
-WHERE ($1::text IS NULL OR coalesce(assigned_region, region) = $1)
-  AND ($2::text IS NULL OR kind = $2)
-  AND (created_at, id) > (coalesce($3::timestamptz, '-infinity'),
-                         coalesce($4::uuid, '00000000-0000-0000-0000-000000000000'))
-ORDER BY created_at, id
-LIMIT $5;
-
--- name: list_tasks_newest_first
-SELECT * FROM tasks
-WHERE ($1::text IS NULL OR coalesce(assigned_region, region) = $1)
-  AND ($2::text IS NULL OR kind = $2)
-  AND (created_at, id) < (coalesce($3::timestamptz, 'infinity'),
-                         coalesce($4::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-ORDER BY created_at DESC, id DESC
-LIMIT $5;
-
--- name: list_tasks_in_state
--- Tasks in state $6: queries of their own, so that every plan, a cached generic one
--- included, reads the (state, created_at, id) index rather than filtering the table.
-SELECT * FROM tasks
-WHERE state = $6
+WHERE state = '{state}'
   AND ($1::text IS NULL OR coalesce(assigned_region, region) = $1)
   AND ($2::text IS NULL OR kind = $2)
-  AND (state, created_at, id) > ($6, coalesce($3::timestamptz, '-infinity'),
-                                coalesce($4::uuid, '00000000-0000-0000-0000-000000000000'))
-ORDER BY state, created_at, id
-LIMIT $5;
-
--- name: list_tasks_in_state_newest_first
-SELECT * FROM tasks
-WHERE state = $6
-  AND ($1::text IS NULL OR coalesce(assigned_region, region) = $1)
-  AND ($2::text IS NULL OR kind = $2)
-  AND (state, created_at, id) < ($6, coalesce($3::timestamptz, 'infinity'),
-                                coalesce($4::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-ORDER BY state DESC, created_at DESC, id DESC
-LIMIT $5;
+  AND {bound}
 
 -- name: cancel_task
 -- Returns the row as it was before, so the caller knows whether a region holds it.
@@ -907,19 +878,19 @@ LIMIT $3;
 
 -- name: remove_finished
 -- Tasks that finished before $1, at most $2 of each final state, with their attempts,
--- taken off the counts. Found by (state, created_at), an index listings need anyway: a
--- task is made before it finishes, and the few made before the cutoff that finished
+-- taken off the counts. Found by created_at, in the index listings need anyway (one per
+-- state): a task is made before it finishes, and the few made before the cutoff that finished
 -- after it are passed over by the filter. Rows another statement holds are skipped,
 -- never waited for.
 WITH old_succeeded AS (
     SELECT id FROM tasks WHERE state = 'succeeded' AND created_at < $1 AND finished_at < $1
-    ORDER BY state, created_at LIMIT $2 FOR UPDATE SKIP LOCKED
+    ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED
 ), old_failed AS (
     SELECT id FROM tasks WHERE state = 'failed' AND created_at < $1 AND finished_at < $1
-    ORDER BY state, created_at LIMIT $2 FOR UPDATE SKIP LOCKED
+    ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED
 ), old_cancelled AS (
     SELECT id FROM tasks WHERE state = 'cancelled' AND created_at < $1 AND finished_at < $1
-    ORDER BY state, created_at LIMIT $2 FOR UPDATE SKIP LOCKED
+    ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED
 ), old AS (
     SELECT id FROM old_succeeded UNION ALL SELECT id FROM old_failed
     UNION ALL SELECT id FROM old_cancelled

@@ -26,6 +26,7 @@ from strata.master.db import (
     Database,
     Q,
     RegionRoom,
+    listing,
 )
 
 pytestmark = pytest.mark.integration
@@ -975,7 +976,7 @@ async def test_a_claim_reads_only_what_it_claims(db: Database, raw: asyncpg.Conn
     ("claim_due", ("a", 100)),
     ("region_room", (30.0, None, 100)),
     ("next_due", (["a"],)),
-    ("list_tasks_in_state", (None, None, None, None, 50, "pending")),
+    ("list_tasks_in_state", (None, None, None, None, 50)),
 ])
 async def test_a_plan_cached_on_an_empty_table_still_reads_only_what_it_returns(
     db: Database, raw: asyncpg.Connection, query: str, args: tuple[Any, ...]
@@ -986,7 +987,8 @@ async def test_a_plan_cached_on_an_empty_table_still_reads_only_what_it_returns(
     for name, value in INDEX_ORDER_SETTINGS.items():
         await raw.execute(f"SET {name} = {value}")
     await raw.execute("SET plan_cache_mode = force_generic_plan")
-    await raw.execute("PREPARE cached AS " + Q[query])
+    text = listing("pending") if query == "list_tasks_in_state" else Q[query]
+    await raw.execute("PREPARE cached AS " + text)
     execute = "EXECUTE cached(" + ", ".join(_literal(a) for a in args) + ")"
     await raw.execute("BEGIN")
     await raw.execute(execute)  # planned now, on the empty table
@@ -1104,30 +1106,28 @@ async def test_next_due_reads_only_tasks_not_due_yet(
     assert read <= 2, read
 
 
-@pytest.mark.parametrize("name, state", [
-    ("list_tasks_in_state", "pending"),
-    ("list_tasks_in_state_newest_first", "pending"),
-    ("list_tasks_in_state", "succeeded"),
-    ("list_tasks", None),
-    ("list_tasks_newest_first", None),
+@pytest.mark.parametrize("state, newest_first", [
+    ("pending", False),
+    ("pending", True),
+    ("succeeded", False),
+    (None, False),
+    (None, True),
 ])
 async def test_a_listing_reads_only_the_page_it_returns(
-    db: Database, raw: asyncpg.Connection, name: str, state: str | None
+    db: Database, raw: asyncpg.Connection, state: str | None, newest_first: bool
 ) -> None:
     await _crowd(db, raw)
+    query = listing(state, newest_first=newest_first)
     args: tuple[Any, ...] = (None, None, None, None, 50)
-    if state is not None:
-        args += (state,)
     for generic in (False, True):
-        returned, read = await measured(raw, Q[name], *args, generic=generic)
+        returned, read = await measured(raw, query, *args, generic=generic)
         assert returned == 50
         assert read <= returned + 5, (generic, read)
     # And the next page, from a cursor.
     page = await db.list_tasks(state=state, region=None, after=None, limit=50,
-                               newest_first=name.endswith("newest_first"))
+                               newest_first=newest_first)
     cursor = (page[-1].created_at, page[-1].id)
-    returned, read = await measured(raw, Q[name], None, None, *cursor, 50, *args[5:],
-                                    generic=True)
+    returned, read = await measured(raw, query, None, None, *cursor, 50, generic=True)
     assert returned == 50
     assert read <= returned + 5, read
 
@@ -1147,6 +1147,40 @@ async def test_listing_pending_tasks_pages_through_them_in_order(db: Database) -
     newest = await db.list_tasks(state="pending", region=None, after=None, limit=10,
                                  newest_first=True)
     assert [t.id for t in newest] == pending[::-1]
+
+
+async def test_listing_every_state_merges_them_in_created_order(db: Database) -> None:
+    """A listing of all states pages through tasks in every state, oldest first or
+    newest, however their states interleave in time."""
+    made = []
+    for _ in range(8):  # one statement each: created_at tells them apart
+        task = due_task()
+        await db.insert_tasks([task])
+        made.append(task.id)
+    parent = due_task()
+    await db.insert_tasks([parent])
+    child = new_task(depends_on=[str(parent.id)])
+    await db.insert_tasks([child])  # waiting
+    made += [parent.id, child.id]
+    claimed = await db.claim("a", 6)
+    await apply(db, done=[finished(c, ok=True) for c in claimed[:2]])
+    await apply(db, done=[finished(c, ok=False) for c in claimed[2:3]])
+    await apply(db, started=[Started(id=str(c.id), attempt=c.attempt, worker_id="w-1",
+                                     started_at=utcnow()) for c in claimed[3:4]])
+    outcome = await db.cancel_task(made[7])
+    assert outcome is not None and outcome.cancelled
+    seen: list[uuid.UUID] = []
+    states: set[str] = set()
+    after = None
+    while page := await db.list_tasks(state=None, region=None, after=after, limit=3):
+        seen.extend(t.id for t in page)
+        states.update(t.state for t in page)
+        after = (page[-1].created_at, page[-1].id)
+    assert seen == made
+    assert states == {s.value for s in TaskState}, states
+    newest = await db.list_tasks(state=None, region=None, after=None, limit=100,
+                                 newest_first=True)
+    assert [t.id for t in newest] == made[::-1]
 
 
 async def test_stats_count_finished_tasks_without_reading_them(
