@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from strata.common.errors import ConfigError
-from strata.worker.runner import Outcome, Runner, TaskUser, resolve_run_as
+from strata.worker.runner import Outcome, Runner, TaskUser, _Deadline, resolve_run_as
 from tests.task_users import made_user, require_root, unprivileged_user
 from tests.unit import handlers_for_runner
 
@@ -438,6 +438,36 @@ async def test_sleep(runner: Runner) -> None:
 async def test_sleep_timeout(runner: Runner) -> None:
     outcome = await runner.run("sleep", json.dumps({"seconds": 30}), 0.1)
     assert outcome.error == "timed out after 0.1s"
+
+
+@pytest.mark.parametrize("outside", [False, True])
+async def test_a_deadline_turns_only_its_own_cancel_into_a_timeout(outside: bool) -> None:
+    """The deadline fires; with a cancel from outside as well, before the run sees
+    either, the run is cancelled (the worker hands the task back), not timed out."""
+    deadlines: list[_Deadline] = []
+
+    async def run() -> None:
+        with _Deadline(60) as deadline:
+            deadlines.append(deadline)
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0)  # running, under its deadline
+    deadlines[0]._expire()  # the deadline's timer, now rather than in a minute
+    if outside:
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError if outside else TimeoutError):
+        await task
+    assert deadlines[0].expired
+
+
+async def test_a_run_that_ends_in_time_leaves_nothing_to_cancel(runner: Runner) -> None:
+    """A deadline that did not fire leaves no cancellation behind: the caller's next
+    await is not interrupted, long after the deadline has passed."""
+    outcome = await runner.run("sleep", json.dumps({"seconds": 0.01}), 0.05)
+    assert outcome.ok
+    await asyncio.sleep(0.1)
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
 
 async def test_zero_timeout_means_no_timeout(runner: Runner) -> None:
