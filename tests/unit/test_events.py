@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -160,3 +161,20 @@ def test_a_malformed_task_id_is_invalid_input():
     with pytest.raises(InvalidInput, match="not a task id"):
         split_events("r", [pb.TaskEvent(task_id="not-a-uuid", attempt=1,
                                         type=pb.EVENT_TYPE_STARTED)])
+
+
+@pytest.mark.parametrize("written", [
+    str.upper, lambda s: "{" + s + "}", lambda s: s.replace("-", ""), lambda s: s,
+])
+def test_a_task_id_in_any_form_a_uuid_takes_is_made_canonical(written: Any) -> None:
+    """Every form of one id is one attempt's key: the canonical text, however written."""
+    task_id = str(uuid.uuid4())
+    assert TaskRef.parse(written(task_id), 3) == TaskRef(task_id, 3)
+
+
+@pytest.mark.parametrize("task_id", [
+    "", "0" * 35, "g" * 8 + "-0000-0000-0000-" + "0" * 12, str(uuid.uuid4()) + "\n",
+])
+def test_a_text_that_is_no_uuid_is_not_a_task_id(task_id: str) -> None:
+    with pytest.raises(InvalidInput, match="not a task id"):
+        TaskRef.parse(task_id, 1)
