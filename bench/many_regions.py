@@ -181,9 +181,9 @@ async def one(n: int, workers: int, backlog: int, idle_s: float, interval_s: flo
 
                 # Load: a backlog due at one instant, drained.
                 due = datetime.now(UTC) + timedelta(seconds=3 + backlog / 40_000)
-                body = [{"kind": "noop", "run_at": due.isoformat()} for _ in range(BATCH)]
-                for _ in range(backlog // BATCH):
-                    await c.create_batch(body)
+                for start in range(0, backlog, BATCH):  # the last batch may be smaller
+                    await c.create_batch([{"kind": "noop", "run_at": due.isoformat()}
+                                          for _ in range(min(BATCH, backlog - start))])
                 await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
                 cpu, began, reported = master_cpu(cluster), time.monotonic(), counters.reported
                 await wait_until(lambda: _done(counters, reported, backlog), timeout_s=900,

@@ -239,7 +239,9 @@ def identity_of(cert: x509.Certificate) -> Identity | None:
     return None
 
 
-@functools.lru_cache(maxsize=256)
+# Every region's certificate on each of its beats: room for a thousand regions and more,
+# beating in turn (a smaller cache would miss on every one of them).
+@functools.lru_cache(maxsize=4096)
 def _identity_of_pem(pem: bytes) -> Identity | None:
     try:
         return identity_of(x509.load_pem_x509_certificate(pem))

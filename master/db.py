@@ -23,7 +23,7 @@ from strata.common.events import Evicted, Finished, Report, Started, TaskRef
 from strata.common.models import NewTask, Task, TaskState, graph_order, plan_graph
 from strata.common.retry import Backoff, keep_trying, of_type
 from strata.common.schedules import ScheduleSpec
-from strata.common.status import RegionStatus, WorkerInfo
+from strata.common.status import RegionStatus, WorkerInfo, workers_json
 from strata.common.timeutil import as_utc
 
 logger = logging.getLogger(__name__)
@@ -967,9 +967,26 @@ class Database:
         previous: str | None = await self._pool.fetchval(
             Q["upsert_region"], status.name, status.address, status.capacity,
             status.max_outstanding, status.running, status.queued,
-            json.dumps([w.to_json() for w in status.workers]), master,
+            workers_json(status.workers), master,
         )
         return previous
+
+    @_wrap
+    async def beat_region(
+        self, status: RegionStatus, workers: str, master: str | None, held: Sequence[TaskRef],
+        claimed_before: datetime,
+    ) -> tuple[str | None, int]:
+        """A heartbeat in one statement: upsert_region (``workers`` as ``workers_json``
+        makes them; those of ``status`` are not read), then, unless the region was down,
+        reconcile_region. Returns the region's previous state (None if new) and how many
+        attempts it no longer held, now back to pending."""
+        row = await self._pool.fetchrow(
+            Q["beat_region"], status.name, status.address, status.capacity,
+            status.max_outstanding, status.running, status.queued, workers, master,
+            [h.id for h in held], [h.attempt for h in held], claimed_before,
+        )
+        assert row is not None
+        return row["previous_state"], row["lost"]
 
     @_wrap
     async def reconcile_region(

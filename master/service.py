@@ -18,7 +18,7 @@ import grpc
 from strata.common.errors import InvalidInput, NotFound, StrataError, Unavailable
 from strata.common.events import Evicted, Finished, Report, Started, TaskRef
 from strata.common.settings import MasterSettings
-from strata.common.status import RegionStatus, WorkerInfo
+from strata.common.status import RegionStatus, workers_json
 from strata.common.text import storable
 from strata.common.timeutil import from_unix, utcnow
 from strata.common.tls import is_region, require
@@ -223,24 +223,31 @@ class MasterService:
         self, request: pb.RegionHeartbeat, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HeartbeatReply:
         await self._authorize(request.region, "Heartbeat", context)
-        previous = await self._db.upsert_region(RegionStatus(
-            name=request.region, address=request.address, capacity=request.capacity,
-            max_outstanding=request.max_outstanding, running=request.running,
-            queued=request.queued,
-            workers=tuple(
-                WorkerInfo(id=w.id, capacity=w.capacity, running=w.running,
-                           last_heartbeat=w.last_heartbeat,
-                           health_address=w.health_address or None)
-                for w in request.workers
+        # Only attempts claimed well before the list was taken: younger ones may still be
+        # on their way to the region.
+        taken = min(from_unix(request.built_at) or utcnow(), utcnow())
+        previous, lost = await self._db.beat_region(
+            RegionStatus(
+                name=request.region, address=request.address, capacity=request.capacity,
+                max_outstanding=request.max_outstanding, running=request.running,
+                queued=request.queued,
             ),
-        ), self._instance)
+            workers_json(request.workers), self._instance,
+            [_ref(r) for r in request.held], taken - self._reconcile_grace,
+        )
         if previous == "down":
             logger.warning(
                 "region %s is back; its old attempts were reclaimed", request.region,
                 extra={"action": "region_back", "region": request.region},
             )
-        else:
-            await self._reconcile(request)
+        elif lost:
+            self._metrics.reclaimed.labels("not_held").inc(lost)
+            logger.warning(
+                "region %s does not hold %d attempts dispatched to it; reclaimed",
+                request.region, lost,
+                extra={"action": "tasks_reconciled", "region": request.region, "count": lost},
+            )
+            self._on_capacity()
         # Room the region did not have at its last beat here: the scanner may fill it.
         # A region that beats with the same room as before is no news (most beats): a
         # thousand idle regions must not wake the scanner a thousand times a second.
@@ -251,22 +258,6 @@ class MasterService:
             self._on_capacity()
         # known=False: everything the region holds was reclaimed while it was down.
         return pb.HeartbeatReply(known=previous != "down")
-
-    async def _reconcile(self, request: pb.RegionHeartbeat) -> None:
-        # Only attempts claimed well before the list was taken: younger ones may still be
-        # on their way to the region.
-        taken = min(from_unix(request.built_at) or utcnow(), utcnow())
-        cutoff = taken - self._reconcile_grace
-        held = [_ref(r) for r in request.held]
-        lost = await self._db.reconcile_region(request.region, held, cutoff)
-        if lost:
-            self._metrics.reclaimed.labels("not_held").inc(lost)
-            logger.warning(
-                "region %s does not hold %d attempts dispatched to it; reclaimed",
-                request.region, lost,
-                extra={"action": "tasks_reconciled", "region": request.region, "count": lost},
-            )
-            self._on_capacity()
 
     @grpc_errors
     async def Report(

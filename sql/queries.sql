@@ -776,6 +776,47 @@ WITH lost AS (
 )
 SELECT id FROM lost;
 
+-- name: beat_region
+-- A heartbeat in one statement: upsert_region ($1-$8 as there), then, unless the region
+-- was down (its attempts were reclaimed then), reconcile_region with its held attempts
+-- ($9, $10) and cutoff ($11). One round trip and one commit a beat, not two: with a
+-- thousand regions beating, that is most of what a beat costs the master and PostgreSQL.
+WITH before AS (SELECT state FROM regions WHERE name = $1),
+beat AS (
+    INSERT INTO regions (name, address, state, last_heartbeat, capacity, max_outstanding,
+                         running, queued, workers, master)
+    VALUES ($1, $2, 'up', now(), $3, $4, $5, $6, $7::jsonb, $8)
+    ON CONFLICT (name) DO UPDATE
+    SET address = excluded.address, state = 'up', last_heartbeat = now(),
+        capacity = excluded.capacity, max_outstanding = excluded.max_outstanding,
+        running = excluded.running, queued = excluded.queued, workers = excluded.workers,
+        master = coalesce(excluded.master, regions.master)
+), lost AS (
+    UPDATE tasks AS t
+    SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL,
+        lost_at = coalesce(t.lost_at, now())
+    FROM tasks AS old
+    WHERE t.assigned_region = $1 AND t.state IN ('dispatched', 'running')
+      AND t.claimed_at < $11 AND old.id = t.id
+      AND (SELECT state FROM before) IS DISTINCT FROM 'down'
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest($9::uuid[], $10::int[]) AS h(id, attempt)
+          WHERE h.id = t.id AND h.attempt = t.attempt
+      )
+    RETURNING t.id, old.attempt, old.worker_id, old.claimed_at, old.started_at
+), recorded AS (
+    INSERT INTO attempts (task_id, attempt, region, worker_id, claimed_at, started_at,
+                          outcome, reason)
+    SELECT id, attempt, $1, worker_id, claimed_at, started_at, 'reclaimed',
+           'region ' || $1 || ' no longer held it (never delivered, or lost in a restart)'
+    FROM lost
+), counted AS (
+    INSERT INTO task_counts (state, slot, n)
+    SELECT 'pending', pg_backend_pid() % 16, count(*) FROM lost HAVING count(*) > 0
+    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
+)
+SELECT (SELECT state FROM before) AS previous_state, (SELECT count(*) FROM lost)::int AS lost;
+
 -- name: region_names
 SELECT name, state = 'up' AND last_heartbeat > now() - $1::float8 * interval '1 second' AS live,
        last_heartbeat

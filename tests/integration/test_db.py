@@ -16,7 +16,7 @@ import pytest
 
 from strata.common.events import Evicted, Finished, Report, Started, TaskRef
 from strata.common.models import NewTask, TaskState, parse_batch, parse_new_task
-from strata.common.status import RegionStatus, WorkerInfo
+from strata.common.status import RegionStatus, WorkerInfo, workers_json
 from strata.local.cluster import wait_until
 from strata.local.postgres import EmbeddedPostgres
 from strata.master.db import (
@@ -1231,6 +1231,35 @@ async def test_reconcile_reclaims_only_old_attempts_the_region_does_not_hold(
     assert kept is not None and kept.state == "dispatched"
     # Another region's attempts are never touched.
     assert await db.reconcile_region("west", [], utcnow() + timedelta(seconds=1)) == 0
+
+
+async def test_a_beat_records_the_region_and_reclaims_what_it_no_longer_holds(
+    db: Database, raw: asyncpg.Connection,
+) -> None:
+    """beat_region: upsert_region and reconcile_region in one statement; a region that
+    was down is recorded up, and what it held is not reconciled (it was reclaimed)."""
+    await db.insert_tasks([due_task() for _ in range(2)])
+    held, lost = await db.claim("east", 10)
+    status = RegionStatus(name="east", address="east:1", capacity=8, max_outstanding=16,
+                          running=1, queued=0)
+    later = utcnow() + timedelta(seconds=1)
+    assert await db.beat_region(status, workers_json(WORKERS), "m1", [held.ref], later) \
+        == (None, 1)
+    back = await db.get_task(lost.id)
+    assert back is not None and back.state == "pending" and back.attempt == lost.attempt + 1
+    (east,) = [r for r in await db.list_regions(timedelta(seconds=30)) if r.name == "east"]
+    assert list(east.workers) == WORKERS and east.max_outstanding == 16
+    assert await raw.fetchval("SELECT master FROM regions WHERE name = 'east'") == "m1"
+    # Down: its beat is recorded, and nothing it held is judged (it was all reclaimed).
+    await raw.execute("UPDATE regions SET state = 'down' WHERE name = 'east'")
+    assert await db.beat_region(status, workers_json(()), None, [], later) == ("down", 0)
+    kept = await db.get_task(held.id)
+    assert kept is not None and kept.state == "dispatched"
+    (east,) = [r for r in await db.list_regions(timedelta(seconds=30)) if r.name == "east"]
+    assert east.state == "up" and not east.workers
+    assert await raw.fetchval("SELECT master FROM regions WHERE name = 'east'") == "m1"
+    # Up again: the next beat reconciles.
+    assert await db.beat_region(status, workers_json(()), None, [], later) == ("up", 1)
 
 
 # ---- held connections: LISTEN and advisory locks -------------------------------------
