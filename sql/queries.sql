@@ -411,9 +411,12 @@ WITH live AS MATERIALIZED (
     SELECT coalesce(array_agg(name), '{}') AS a FROM live
 )
 SELECT l.name, l.address, l.max_outstanding - coalesce(i.n, 0) AS room,
-       EXISTS (SELECT 1 FROM tasks
-               WHERE state = 'pending' AND near AND concurrency_key IS NOT NULL
-                 AND run_at <= now()) AS keyed_due,
+       coalesce((SELECT true FROM tasks
+                 WHERE state = 'pending' AND near AND concurrency_key IS NOT NULL
+                   AND run_at <= now()
+                 -- The keyed claim index's order: read from it, and no other (an
+                 -- EXISTS would drop the order, and any index of pending tasks do).
+                 ORDER BY concurrency_key, priority DESC, run_at LIMIT 1), false) AS keyed_due,
        (SELECT least($3, (SELECT count(*) FROM (
             SELECT 1 FROM tasks
             WHERE state = 'pending' AND near AND region IS NULL AND concurrency_key IS NULL
@@ -432,6 +435,7 @@ SELECT l.name, l.address, l.max_outstanding - coalesce(i.n, 0) AS room,
             WHERE state = 'pending' AND near AND concurrency_key IS NOT NULL
               AND (region IS NULL OR region = ANY ((SELECT a FROM names)::text[]))
               AND run_at <= now()
+            ORDER BY concurrency_key, priority DESC, run_at
             LIMIT $3
         ) AS keyed))) AS due
 FROM live AS l
