@@ -51,6 +51,10 @@ class Batcher(Generic[T]):
         """Everything not yet delivered: buffered, and the batch being sent."""
         return [*self._sending, *self._buffer]
 
+    def has_room(self) -> bool:
+        """Whether ``put`` would not wait now (``put_nowait`` then does the same)."""
+        return len(self._buffer) < self._limit
+
     async def put(self, item: T) -> None:
         while len(self._buffer) >= self._limit:
             self._room.clear()

@@ -58,10 +58,13 @@ class Pace:
         return sum(self._counts) / (self.BUCKETS * self.BUCKET_S)
 
 
+_ref = tuple.__new__  # TaskRef's own __new__ is Python: this is half its cost
+
+
 def ref_of(spec: pb.TaskSpec | pb.TaskEvent | pb.TaskRef) -> TaskRef:
-    if isinstance(spec, pb.TaskSpec):
-        return TaskRef(spec.id, spec.attempt)
-    return TaskRef(spec.task_id, spec.attempt)
+    if type(spec) is pb.TaskSpec:
+        return _ref(TaskRef, (spec.id, spec.attempt))
+    return _ref(TaskRef, (spec.task_id, spec.attempt))  # type: ignore[union-attr]
 
 
 def to_pb(refs: Iterable[TaskRef]) -> list[pb.TaskRef]:
@@ -195,20 +198,19 @@ class Coordinator:
         accepted: list[pb.TaskSpec] = []
         rejected: list[pb.TaskSpec] = []
         fresh: list[pb.TaskSpec] = []
+        now = time.monotonic()
         for spec in tasks:
-            if ref_of(spec) in self._held:
+            ref = ref_of(spec)
+            if ref in self._held:
                 accepted.append(spec)  # already ours: a repeated delivery
             elif len(fresh) < room:
                 accepted.append(spec)
                 fresh.append(spec)
+                self._held.add(ref)
+                self._accepted_at[ref] = now
             else:
                 rejected.append(spec)
         self._queue.extend(fresh)
-        now = time.monotonic()
-        for s in fresh:
-            ref = ref_of(s)
-            self._held.add(ref)
-            self._accepted_at[ref] = now
         self.assign()
         return accepted, rejected
 

@@ -119,7 +119,10 @@ class RegionService:
                                 continue  # replayed after a broken stream: sent already
                         # Waits when the buffer to the master is full: back-pressure
                         # reaches the worker instead of memory growing.
-                        await self._events.put(event)
+                        if self._events.has_room():
+                            self._events.put_nowait(event)
+                        else:
+                            await self._events.put(event)
                     # In our buffer now, delivered to the master from there: acknowledged
                     # with the tasks that fill the freed slots, or on its own.
                     conn.ack = message.events.seq

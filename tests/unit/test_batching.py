@@ -83,6 +83,21 @@ async def test_a_lone_item_goes_out_at_once(sink: Sink):
     assert len(batcher) == 0
 
 
+async def test_has_room_says_whether_put_would_wait(sink: Sink):
+    batcher = Batcher(sink.send, max_size=100, limit=2, retry_delay=0)
+    batcher.put_nowait(1)
+    assert batcher.has_room()
+    batcher.put_nowait(2)
+    assert not batcher.has_room()
+    put = asyncio.create_task(batcher.put(3))
+    await let_others_run()
+    assert not put.done()  # as has_room said: it waits for room
+    async with running(batcher):
+        await put
+        await batcher.drained()
+    assert [i for b in sink.batches for i in b] == [1, 2, 3]
+
+
 async def test_items_put_during_a_send_go_out_together_next(sink: Sink):
     batcher = Batcher(sink.send, max_size=100, limit=1000, retry_delay=0)
     sink.block()

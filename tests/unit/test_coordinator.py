@@ -132,6 +132,13 @@ def test_room_counts_what_is_already_held(region: Region):
     assert ids(rejected) == ["task-4"]
 
 
+def test_an_attempt_named_twice_in_one_delegation_is_queued_once(region: Region):
+    region.join("w1", 1)  # max_outstanding 2
+    accepted, rejected = region.coordinator.accept([spec(0), spec(0), spec(1)])
+    assert (ids(accepted), rejected) == (["task-0", "task-0", "task-1"], [])
+    assert region.coordinator.running + region.coordinator.queued == 2
+
+
 def test_no_workers_accepts_nothing(region: Region):
     accepted, rejected = region.coordinator.accept(specs(1))
     assert accepted == []
