@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import math
+from datetime import datetime
 
 import grpc
 
@@ -54,6 +55,16 @@ def shares(rooms: dict[RegionRoom, int], due: int, turn: int = 0) -> dict[Region
         split[r] += 1
         left -= 1
     return {r: n for r, n in split.items() if n}
+
+
+def idle_timeout(scan_interval_s: float, next_due: datetime | None, now: datetime) -> float:
+    """How long an idle scanner sleeps: until the next task comes due, at most a scan
+    interval. One that came due since it was looked up (between the query and ``now``)
+    is scanned for at once, not a whole scan interval late."""
+    timeout = scan_interval_s
+    if next_due is not None:
+        timeout = min(timeout, (next_due - now).total_seconds())
+    return max(timeout, 0.001)
 
 
 class Scanner:
@@ -129,13 +140,8 @@ class Scanner:
         raise DatabaseUnavailable("the LISTEN connection was lost")
 
     async def _idle_timeout(self) -> float:
-        timeout = self._settings.scan_interval.total_seconds()
-        next_due = await self._db.next_due(self._live)
-        if next_due is not None:
-            until = (next_due - utcnow()).total_seconds()
-            if until > 0:
-                timeout = min(timeout, until)
-        return max(timeout, 0.001)
+        return idle_timeout(self._settings.scan_interval.total_seconds(),
+                            await self._db.next_due(self._live), utcnow())
 
     async def scan_once(self) -> int:
         """Claim each free region's share and start delivering it; returns how many
