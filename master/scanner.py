@@ -57,13 +57,20 @@ def shares(rooms: dict[RegionRoom, int], due: int, turn: int = 0) -> dict[Region
     return {r: n for r, n in split.items() if n}
 
 
+# An event loop's timers may fire up to a millisecond or so early (uvloop keeps time in
+# whole milliseconds). A scan that wakes for a task before it is due claims nothing, and
+# the lookup after it no longer sees the task as coming (it is due now): the scanner
+# would sleep a whole scan interval. So it wakes this much after the due time instead.
+TIMER_SLACK_S = 0.002
+
+
 def idle_timeout(scan_interval_s: float, next_due: datetime | None, now: datetime) -> float:
-    """How long an idle scanner sleeps: until the next task comes due, at most a scan
-    interval. One that came due since it was looked up (between the query and ``now``)
-    is scanned for at once, not a whole scan interval late."""
+    """How long an idle scanner sleeps: until just after the next task comes due, at
+    most a scan interval. One that came due since it was looked up (between the query
+    and ``now``) is scanned for at once, not a whole scan interval late."""
     timeout = scan_interval_s
     if next_due is not None:
-        timeout = min(timeout, (next_due - now).total_seconds())
+        timeout = min(timeout, (next_due - now).total_seconds() + TIMER_SLACK_S)
     return max(timeout, 0.001)
 
 
