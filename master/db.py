@@ -267,6 +267,15 @@ class RegionRoom:
     name: str
     address: str
     room: int
+    # The smallest batch worth a delegation while the region's queue is fuller than
+    # this: half of what it queues beyond its slots (at least 1). Its workers still have
+    # the other half in hand, and a region that frees room a report at a time gets its
+    # work in fewer, larger batches: a claim and a Delegate each, whatever their size.
+    floor: int = 1
+
+    def takes_a_batch(self, most: int) -> bool:
+        """Whether a delegation of up to ``most`` tasks is worth making now."""
+        return self.room >= min(self.floor, most)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -776,7 +785,8 @@ class Database:
         rows = await self._planned_pool.fetch(
             Q["region_room"], dead_after.total_seconds(), master, count_up_to)
         return Rooms(
-            regions=[RegionRoom(name=r["name"], address=r["address"], room=r["room"])
+            regions=[RegionRoom(name=r["name"], address=r["address"], room=r["room"],
+                                floor=max(1, r["queue"] // 2))
                      for r in rows],
             keyed_due=any(r["keyed_due"] for r in rows),
             due=rows[0]["due"] if rows else 0)

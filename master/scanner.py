@@ -168,7 +168,7 @@ class Scanner:
         self._live = [r.name for r in live]
         ready = [
             r for r in live
-            if r.room > 0 and r.name not in self._delegating
+            if r.takes_a_batch(self._settings.claim_batch) and r.name not in self._delegating
             and self._regions.breaker(r.name).allows_calls
         ]
         claimed_total = 0

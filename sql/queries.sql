@@ -396,7 +396,7 @@ SELECT least(
 -- name: region_room
 -- Live regions of master $2 (every live region when $2 is NULL) and how many more tasks
 -- each will take: what it advertised it holds at most, less what is already dispatched
--- to it or running there. And, the same on every row (each evaluated once): whether any
+-- to it or running there; and how many it holds beyond its workers' slots at most. And, the same on every row (each evaluated once): whether any
 -- task with a concurrency key is due (claims then go key by key), and how many due tasks
 -- these regions could take, counted up to $3 (0: not counted), each from its claim
 -- index (read in its order, so that no other index is taken for it): unkeyed free,
@@ -404,13 +404,14 @@ SELECT least(
 -- follows that count, so a small batch is spread, not taken by one. One round trip for
 -- all of it, on every scan.
 WITH live AS MATERIALIZED (
-    SELECT name, address, max_outstanding FROM regions
+    SELECT name, address, max_outstanding, capacity FROM regions
     WHERE state = 'up' AND last_heartbeat > now() - $1::float8 * interval '1 second'
       AND ($2::text IS NULL OR master IS NULL OR master = $2)
 ), names AS MATERIALIZED (
     SELECT coalesce(array_agg(name), '{}') AS a FROM live
 )
 SELECT l.name, l.address, l.max_outstanding - coalesce(i.n, 0) AS room,
+       greatest(l.max_outstanding - l.capacity, 0) AS queue,
        coalesce((SELECT true FROM tasks
                  WHERE state = 'pending' AND near AND concurrency_key IS NOT NULL
                    AND run_at <= now()

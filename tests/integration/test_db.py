@@ -639,7 +639,8 @@ async def test_silent_or_down_region_has_no_room(db: Database, raw: asyncpg.Conn
     dead_after = timedelta(seconds=30)
 
     assert (await db.region_room(dead_after)).regions == [
-        RegionRoom(name="fresh", address="fresh.example:50061", room=16)
+        # 8 slots, 16 at most: 8 queued beyond the slots, so batches of 4 or more.
+        RegionRoom(name="fresh", address="fresh.example:50061", room=16, floor=4)
     ]
     listed = {r.name: r.live for r in await db.list_regions(dead_after)}
     assert listed == {"down": False, "fresh": True, "silent": False}
@@ -676,6 +677,8 @@ async def test_region_room_is_max_outstanding_less_tasks_in_flight(db: Database)
     rooms = (await db.region_room(timedelta(seconds=30))).regions
 
     assert [(r.name, r.room) for r in rooms] == [("a", 10 - 2), ("b", 5 - 1), ("idle", 3)]
+    # Capacity 8 (as _upsert gives): a queues 2 beyond it, b and idle none.
+    assert [r.floor for r in rooms] == [1, 1, 1]
 
 
 async def test_reports_of_several_regions_apply_as_one_each_with_its_own_stale_events(

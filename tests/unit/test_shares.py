@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,3 +44,18 @@ def test_the_shares_add_up_to_what_is_due_and_fit_every_room(
     # Nobody gets more than one over its exact share.
     total = sum(sizes)
     assert all(n <= due * rooms[r] / total + 1 for r, n in split.items())
+
+
+@pytest.mark.parametrize(("room", "floor", "most", "takes"), [
+    (1, 1, 1000, True),    # no queue beyond the slots: any room is worth a batch
+    (0, 1, 1000, False),
+    (63, 64, 1000, False),  # the queue is more than half full: wait for a larger batch
+    (64, 64, 1000, True),
+    (100, 1024, 100, True),  # a full claim batch is always worth making
+    (99, 1024, 100, False),
+])
+def test_a_region_takes_a_batch_once_half_its_queue_is_free(
+    room: int, floor: int, most: int, takes: bool
+) -> None:
+    region = RegionRoom(name="r", address="r:1", room=room, floor=floor)
+    assert region.takes_a_batch(most) is takes
