@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
@@ -124,6 +124,10 @@ def listing(state: str | None, *, newest_first: bool = False) -> str:
 
 LISTINGS = {(state, newest): listing(state, newest_first=newest)
             for state in (None, *(s.value for s in TaskState)) for newest in (False, True)}
+
+
+# A cutoff no attempt was claimed before: a beat with it reconciles nothing.
+NOTHING_CLAIMED_BEFORE = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # The claim indexes' order, and their predicates (migrations 0005 and 0011).
@@ -969,16 +973,13 @@ class Database:
 
     # ---- regions ------------------------------------------------------------
 
-    @_wrap
     async def upsert_region(self, status: RegionStatus, master: str | None = None
                             ) -> str | None:
-        """Record a region's heartbeat (that reached ``master``, if given); returns its
-        previous state (None if new)."""
-        previous: str | None = await self._pool.fetchval(
-            Q["upsert_region"], status.name, status.address, status.capacity,
-            status.max_outstanding, status.running, status.queued,
-            workers_json(status.workers), master,
-        )
+        """Record a region (its registration, or a heartbeat that lists nothing it holds
+        and reconciles nothing) that reached ``master``, if given; returns its previous
+        state (None if new)."""
+        previous, _ = await self.beat_region(status, workers_json(status.workers), master,
+                                             (), NOTHING_CLAIMED_BEFORE)
         return previous
 
     @_wrap
@@ -986,10 +987,11 @@ class Database:
         self, status: RegionStatus, workers: str, master: str | None, held: Sequence[TaskRef],
         claimed_before: datetime,
     ) -> tuple[str | None, int]:
-        """A heartbeat in one statement: upsert_region (``workers`` as ``workers_json``
-        makes them; those of ``status`` are not read), then, unless the region was down,
-        reconcile_region. Returns the region's previous state (None if new) and how many
-        attempts it no longer held, now back to pending."""
+        """A heartbeat in one statement (see the query): the region's row (``workers``
+        as ``workers_json`` makes them; those of ``status`` are not read) and, unless it
+        was down, its attempts claimed before ``claimed_before`` that ``held`` does not
+        list, back to pending. Returns its previous state (None if new) and how many
+        attempts it no longer held."""
         row = await self._pool.fetchrow(
             Q["beat_region"], status.name, status.address, status.capacity,
             status.max_outstanding, status.running, status.queued, workers, master,
@@ -997,16 +999,6 @@ class Database:
         )
         assert row is not None
         return row["previous_state"], row["lost"]
-
-    @_wrap
-    async def reconcile_region(
-        self, region: str, held: Sequence[TaskRef], claimed_before: datetime
-    ) -> int:
-        rows = await self._pool.fetch(
-            Q["reconcile_region"], region, [h.id for h in held], [h.attempt for h in held],
-            claimed_before,
-        )
-        return len(rows)
 
     @_wrap
     async def mark_regions_down(self, dead_after: timedelta) -> list[tuple[str, datetime]]:

@@ -641,20 +641,6 @@ ORDER BY attempt, finished_at;
 -- name: count_stale
 UPDATE regions SET stale_results = stale_results + $2 WHERE name = $1;
 
--- name: upsert_region
--- Returns the state the region had before ('down' means the master gave its work away).
--- $8: the master it talks to now (NULL: leave it as it was).
-WITH before AS (SELECT state FROM regions WHERE name = $1)
-INSERT INTO regions (name, address, state, last_heartbeat, capacity, max_outstanding,
-                     running, queued, workers, master)
-VALUES ($1, $2, 'up', now(), $3, $4, $5, $6, $7::jsonb, $8)
-ON CONFLICT (name) DO UPDATE
-SET address = excluded.address, state = 'up', last_heartbeat = now(),
-    capacity = excluded.capacity, max_outstanding = excluded.max_outstanding,
-    running = excluded.running, queued = excluded.queued, workers = excluded.workers,
-    master = coalesce(excluded.master, regions.master)
-RETURNING (SELECT state FROM before) AS previous_state;
-
 -- name: list_regions
 SELECT name, address, state, registered_at, last_heartbeat, capacity, max_outstanding,
        running, queued, workers::text AS workers, stale_results, master,
@@ -753,39 +739,16 @@ WITH reclaimed AS (
 )
 SELECT id, region FROM reclaimed;
 
--- name: reconcile_region
--- Attempts the master believes a live region holds but the region's heartbeat does not
--- list: they never arrived or were lost with a restart. A new attempt, back to pending.
-WITH lost AS (
-    UPDATE tasks AS t
-    SET state = 'pending', attempt = t.attempt + 1, assigned_region = NULL, worker_id = NULL,
-        lost_at = coalesce(t.lost_at, now())
-    FROM tasks AS old
-    WHERE t.assigned_region = $1 AND t.state IN ('dispatched', 'running')
-      AND t.claimed_at < $4 AND old.id = t.id
-      AND NOT EXISTS (
-          SELECT 1 FROM unnest($2::uuid[], $3::int[]) AS h(id, attempt)
-          WHERE h.id = t.id AND h.attempt = t.attempt
-      )
-    RETURNING t.id, old.attempt, old.worker_id, old.claimed_at, old.started_at
-), recorded AS (
-    INSERT INTO attempts (task_id, attempt, region, worker_id, claimed_at, started_at,
-                          outcome, reason)
-    SELECT id, attempt, $1, worker_id, claimed_at, started_at, 'reclaimed',
-           'region ' || $1 || ' no longer held it (never delivered, or lost in a restart)'
-    FROM lost
-), counted AS (
-    INSERT INTO task_counts (state, slot, n)
-    SELECT 'pending', pg_backend_pid() % 16, count(*) FROM lost HAVING count(*) > 0
-    ON CONFLICT (state, slot) DO UPDATE SET n = task_counts.n + excluded.n
-)
-SELECT id FROM lost;
-
 -- name: beat_region
--- A heartbeat in one statement: upsert_region ($1-$8 as there), then, unless the region
--- was down (its attempts were reclaimed then), reconcile_region with its held attempts
--- ($9, $10) and cutoff ($11). One round trip and one commit a beat, not two: with a
--- thousand regions beating, that is most of what a beat costs the master and PostgreSQL.
+-- A region's heartbeat (or registration), in one statement: one round trip and one
+-- commit a beat, which with a thousand regions beating is most of what a beat costs.
+-- The region's row is upserted: address $2, capacity $3, max_outstanding $4, running
+-- $5, queued $6, workers $7 (JSON), and $8 the master it talks to now (NULL: leave it as
+-- it was). Then, unless the region was down (its attempts were reclaimed then): attempts
+-- the master believes it holds but its heartbeat does not list ($9, $10), claimed before
+-- $11 (younger ones may still be on their way), never arrived or were lost with a
+-- restart: a new attempt each, back to pending. Returns the state the region had before
+-- ('down' means the master gave its work away; NULL if new) and how many were lost.
 WITH before AS (SELECT state FROM regions WHERE name = $1),
 beat AS (
     INSERT INTO regions (name, address, state, last_heartbeat, capacity, max_outstanding,

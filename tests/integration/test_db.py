@@ -1211,6 +1211,15 @@ async def test_stats_count_finished_tasks_without_reading_them(
     assert {r["state"]: r["n"] for r in rows} == await db.counts_by_state()
 
 
+async def reconcile(db: Database, region: str, held: Sequence[TaskRef],
+                    claimed_before: datetime) -> int:
+    """A heartbeat of ``region`` (up, or not yet known) that lists ``held``: how many
+    attempts it no longer held."""
+    _, lost = await db.beat_region(RegionStatus(name=region, address=f"{region}:1"),
+                                   workers_json(()), None, held, claimed_before)
+    return lost
+
+
 async def test_reconcile_reclaims_only_old_attempts_the_region_does_not_hold(
     db: Database,
 ) -> None:
@@ -1225,24 +1234,24 @@ async def test_reconcile_reclaims_only_old_attempts_the_region_does_not_hold(
     assert len(claimed) == 3
     held, lost, young = claimed
     # A cutoff before the claims: nothing is old enough to judge.
-    assert await db.reconcile_region("east", [held.ref],
-                                     utcnow() - timedelta(seconds=60)) == 0
+    assert await reconcile(db, "east", [held.ref], utcnow() - timedelta(seconds=60)) == 0
     # After the claims: only the attempts the region does not list come back.
-    assert await db.reconcile_region("east", [held.ref, young.ref],
-                                     utcnow() + timedelta(seconds=1)) == 1
+    assert await reconcile(db, "east", [held.ref, young.ref],
+                           utcnow() + timedelta(seconds=1)) == 1
     back = await db.get_task(lost.id)
     assert back is not None and back.state == "pending" and back.attempt == lost.attempt + 1
     kept = await db.get_task(held.id)
     assert kept is not None and kept.state == "dispatched"
     # Another region's attempts are never touched.
-    assert await db.reconcile_region("west", [], utcnow() + timedelta(seconds=1)) == 0
+    assert await reconcile(db, "west", [], utcnow() + timedelta(seconds=1)) == 0
 
 
 async def test_a_beat_records_the_region_and_reclaims_what_it_no_longer_holds(
     db: Database, raw: asyncpg.Connection,
 ) -> None:
-    """beat_region: upsert_region and reconcile_region in one statement; a region that
-    was down is recorded up, and what it held is not reconciled (it was reclaimed)."""
+    """beat_region: the region's row and the check of what it holds, in one statement;
+    a region that was down is recorded up, and what it held is not reconciled (it was
+    reclaimed)."""
     await db.insert_tasks([due_task() for _ in range(2)])
     held, lost = await db.claim("east", 10)
     status = RegionStatus(name="east", address="east:1", capacity=8, max_outstanding=16,
@@ -1372,8 +1381,8 @@ async def test_the_counts_follow_every_move_into_and_out_of_pending(
     await agree()
     # Lost by a region (not in its heartbeat), and reclaimed from a region that is down.
     in_b = await db.claim("b", 4)
-    assert await db.reconcile_region("b", [c.ref for c in in_b[:2]],
-                                     utcnow() + timedelta(seconds=1)) == 2
+    assert await reconcile(db, "b", [c.ref for c in in_b[:2]],
+                           utcnow() + timedelta(seconds=1)) == 2
     await agree()
     await raw.execute("UPDATE regions SET state = 'down' WHERE name = 'b'")
     assert sum((await db.reclaim_down_regions()).values()) == 2
@@ -1440,7 +1449,7 @@ async def test_an_attempt_lost_by_its_region_is_recorded_reclaimed(db: Database)
     task = due_task()
     await db.insert_tasks([task])
     claimed = await claim_one(db, task.id, region="east")
-    assert await db.reconcile_region("east", [], utcnow() + timedelta(seconds=1)) == 1
+    assert await reconcile(db, "east", [], utcnow() + timedelta(seconds=1)) == 1
     (lost,) = await db.attempts(task.id)
     assert (lost.attempt, lost.region, lost.outcome) == (claimed.attempt, "east", "reclaimed")
     assert "no longer held it" in (lost.reason or "")
