@@ -396,7 +396,8 @@ SELECT least(
 -- name: region_room
 -- Live regions of master $2 (every live region when $2 is NULL) and how many more tasks
 -- each will take: what it advertised it holds at most, less what is already dispatched
--- to it or running there; and how many it holds beyond its workers' slots at most. And, the same on every row (each evaluated once): whether any
+-- to it or running there; and how many it holds beyond its workers' slots at most.
+-- And, the same on every row (each evaluated once): whether any
 -- task with a concurrency key is due (claims then go key by key), and how many due tasks
 -- these regions could take, counted up to $3 (0: not counted), each from its claim
 -- index (read in its order, so that no other index is taken for it): unkeyed free,
@@ -416,7 +417,7 @@ SELECT l.name, l.address, l.max_outstanding - coalesce(i.n, 0) AS room,
                  WHERE state = 'pending' AND near AND concurrency_key IS NOT NULL
                    AND run_at <= now()
                  -- The keyed claim index's order: read from it, and no other (an
-                 -- EXISTS would drop the order, and any index of pending tasks do).
+                 -- EXISTS would drop the order, and any index of pending tasks would do).
                  ORDER BY concurrency_key, priority DESC, run_at LIMIT 1), false) AS keyed_due,
        (SELECT least($3, (SELECT count(*) FROM (
             SELECT 1 FROM tasks
